@@ -1,0 +1,1 @@
+"""Offline data sets, the paper's preprocessing and device-side augmentation (filled in by the data work)."""

@@ -1,0 +1,171 @@
+"""``nn.Module`` wrappers of the fused ops: arguments validated once, at construction.
+
+* ``MaxoutConv2d``: conv + maxout (+ optional max-pooling, pylearn2's "layer output"), carrying the
+  max-norm limit, initialisation range and learning-rate scale that the FitNets trainer applies.
+* ``MaxoutLinear``: fully-connected maxout layer, same extras.
+* ``HintLoss``: the FitNets regressor (a maxout conv) and the L2 hint loss in one module.
+* ``KDLoss``: the knowledge-distillation loss with its settings.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import _backend, _checks, ops
+
+__all__ = ["MaxoutConv2d", "MaxoutLinear", "HintLoss", "KDLoss"]
+
+
+class _MaxoutParams(nn.Module):
+    """Weight ``(out*pieces, *fan_in_shape)`` and bias ``(out*pieces,)`` with the FitNets extras.
+
+    ``max_norm``: after each optimizer step the trainer rescales each weight row (one piece's filter) to
+    L2 norm at most ``max_norm`` (pylearn2's max_kernel_norm / max_col_norm); None means unconstrained.
+    ``init_range``: weights start U(-init_range, init_range), biases at 0 (pylearn2's irange); None keeps
+    PyTorch's default initialisation. ``lr_scale``: multiplier on the learning rate of this layer.
+    """
+
+    def __init__(self, out_features: int, pieces: int, fan_in_shape: Tuple[int, ...], bias: bool,
+                 max_norm: Optional[float], init_range: Optional[float], lr_scale: float):
+        super().__init__()
+        self.out_features = _checks.positive_int("out_features", out_features)
+        self.pieces = _checks.positive_int("pieces", pieces)
+        if max_norm is not None:
+            _checks.positive_float("max_norm", max_norm)
+        if init_range is not None:
+            _checks.positive_float("init_range", init_range)
+        self.lr_scale = _checks.positive_float("lr_scale", lr_scale)
+        self.max_norm = max_norm
+        self.init_range = init_range
+        self.weight = nn.Parameter(torch.empty(out_features * pieces, *fan_in_shape))
+        self.bias = nn.Parameter(torch.empty(out_features * pieces)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.init_range is None:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(self.weight[0].numel())
+            if self.bias is not None:
+                nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            nn.init.uniform_(self.weight, -self.init_range, self.init_range)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    @torch.no_grad()
+    def apply_max_norm(self) -> None:
+        """Rescale each weight row to L2 norm <= max_norm (no-op when max_norm is None)."""
+        if self.max_norm is None:
+            return
+        rows = self.weight.view(self.weight.shape[0], -1)
+        norms = rows.norm(dim=1, keepdim=True)
+        rows.mul_(norms.clamp(max=self.max_norm) / norms.clamp(min=1e-12))
+
+
+class MaxoutConv2d(_MaxoutParams):
+    """Conv2d with ``out_channels*pieces`` filters, maxout over the pieces, then optional max-pooling.
+
+    Input ``(N, in_channels, H, W)``; output ``(N, out_channels, H', W')`` where ``H'`` is the conv output
+    size, pooled by ``pool=(size, stride)`` with ceil mode (cuda-convnet's geometry) when given.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: int = 2, *,
+                 stride: int = 1, padding: int = 0, pool: Optional[Tuple[int, int]] = None, bias: bool = True,
+                 max_norm: Optional[float] = None, init_range: Optional[float] = None, lr_scale: float = 1.0,
+                 backend: str = "auto"):
+        k = _checks.positive_int("kernel_size", kernel_size)
+        self.in_channels = _checks.positive_int("in_channels", in_channels)
+        super().__init__(out_channels, pieces, (in_channels, k, k), bias, max_norm, init_range, lr_scale)
+        self.kernel_size = k
+        self.stride = _checks.positive_int("stride", stride)
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"padding must be a non-negative int, got {padding!r}")
+        self.padding = padding
+        if pool is not None:
+            pool = (_checks.positive_int("pool size", pool[0]), _checks.positive_int("pool stride", pool[1]))
+        self.pool = pool
+        self.backend = _backend.check_name(backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = ops.maxout_conv2d(x, self.weight, self.bias, self.pieces, self.stride, self.padding, backend=self.backend)
+        if self.pool is not None:
+            y = F.max_pool2d(y, self.pool[0], self.pool[1], ceil_mode=True)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_features}, kernel_size={self.kernel_size}, pieces={self.pieces}, "
+                f"stride={self.stride}, padding={self.padding}, pool={self.pool}, max_norm={self.max_norm}")
+
+
+class MaxoutLinear(_MaxoutParams):
+    """Linear layer with ``out_features*pieces`` units and maxout over the pieces: ``(N, in) -> (N, out)``.
+
+    With ``pieces=1`` it is a plain linear layer (e.g. the softmax layer's logits).
+    """
+
+    def __init__(self, in_features: int, out_features: int, pieces: int = 1, *, bias: bool = True,
+                 max_norm: Optional[float] = None, init_range: Optional[float] = None, lr_scale: float = 1.0,
+                 backend: str = "auto"):
+        self.in_features = _checks.positive_int("in_features", in_features)
+        super().__init__(out_features, pieces, (in_features,), bias, max_norm, init_range, lr_scale)
+        self.backend = _backend.check_name(backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.maxout_linear(x.flatten(1), self.weight, self.bias, self.pieces, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, pieces={self.pieces}, max_norm={self.max_norm}"
+
+
+class HintLoss(MaxoutConv2d):
+    """The FitNets regressor (a valid maxout conv, the teacher hint layer's non-linearity) and Eq. 3's loss.
+
+    ``forward(guided, hint)`` returns ``1/2 * sum (hint - r(guided))^2`` averaged over the batch, with
+    ``guided (N, in_channels, Hg, Wg)`` and ``hint (N, out_channels, Hh, Wh)``,
+    ``Hh = Hg - kernel_size + 1``. Build one from shapes with ``fitnets_fast.models.build_regressor``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: int = 2, *,
+                 max_norm: Optional[float] = 0.9, init_range: Optional[float] = 0.05, lr_scale: float = 1.0,
+                 backend: str = "auto"):
+        super().__init__(in_channels, out_channels, kernel_size, pieces, max_norm=max_norm,
+                         init_range=init_range, lr_scale=lr_scale, backend=backend)
+
+    def regress(self, guided: torch.Tensor) -> torch.Tensor:
+        """The regressor output ``r(guided)``, ``(N, out_channels, Hh, Wh)``."""
+        return super().forward(guided)
+
+    def forward(self, guided: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return ops.hint_loss(guided, hint, self.weight, self.bias, self.pieces, self.padding, backend=self.backend)
+
+
+class KDLoss(nn.Module):
+    """``kd_loss`` with its settings fixed at construction; ``forward(student_logits, teacher_logits, target)``.
+
+    ``lam`` is an attribute so that a schedule can change it between epochs.
+    """
+
+    def __init__(self, temperature: float = 3.0, lam: float = 4.0, student_temperature: Optional[float] = None,
+                 soft_scale: float = 1.0, reduction: str = "mean", ignore_index: int = -100, backend: str = "auto"):
+        super().__init__()
+        self.temperature = _checks.positive_float("temperature", temperature)
+        self.student_temperature = (None if student_temperature is None
+                                    else _checks.positive_float("student_temperature", student_temperature))
+        if reduction not in _checks.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_checks.REDUCTIONS}, got {reduction!r}")
+        self.lam, self.soft_scale = float(lam), float(soft_scale)
+        self.reduction, self.ignore_index = reduction, ignore_index
+        self.backend = _backend.check_name(backend)
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ops.kd_loss(student_logits, teacher_logits, target, self.temperature, self.lam,
+                           self.student_temperature, self.soft_scale, self.reduction, self.ignore_index,
+                           backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, lam={self.lam}, student_temperature={self.student_temperature}, "
+                f"soft_scale={self.soft_scale}, reduction={self.reduction!r}")

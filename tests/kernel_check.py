@@ -1,0 +1,69 @@
+"""Shared harness for kernel-vs-reference tests (used by the cpp and triton backend tests).
+
+The rule (DEVELOPERS.md): a kernel's error against the float64 reference must be no worse than the
+reference's own error in the same dtype, plus a small tolerance. ``check_against_reference`` runs
+
+* the reference in float64 (the truth),
+* the reference in ``dtype`` (its own rounding error),
+* the kernel in ``dtype`` with its output buffers poisoned (``fitnets_fast._alloc.poisoned``),
+
+on the same fresh random inputs, forward and every floating input's gradient, and compares.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from fitnets_fast import _alloc
+
+# Relative tolerance added on top of the reference's own error, in units of the dtype's epsilon.
+EPS_MARGIN = 16
+
+
+def _run(fn: Callable, inputs: Sequence, dtype: torch.dtype, grad_seed: int):
+    cast = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = x.detach().to(dtype).requires_grad_(True)
+        cast.append(x)
+    out = fn(*cast)
+    g = torch.Generator(device="cpu").manual_seed(grad_seed)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device=out.device, dtype=dtype)
+    diff = [x for x in cast if isinstance(x, torch.Tensor) and x.requires_grad]
+    grads = torch.autograd.grad(out, diff, grad_out, allow_unused=True) if out.requires_grad else [None] * len(diff)
+    return [out.detach()] + [None if gr is None else gr.detach() for gr in grads]
+
+
+def check_against_reference(kernel_fn: Callable, reference_fn: Callable, inputs: Sequence, dtype: torch.dtype,
+                            *, names: Optional[Sequence[str]] = None, margin: float = EPS_MARGIN) -> None:
+    """Assert the kernel is as accurate as the reference in ``dtype``, for the output and every gradient.
+
+    ``inputs``: float64 tensors (and any non-float arguments, passed through) in call order.
+    """
+    truth = _run(reference_fn, inputs, torch.float64, grad_seed=1)
+    ref = _run(reference_fn, inputs, dtype, grad_seed=1)
+    with _alloc.poisoned():
+        got = _run(kernel_fn, inputs, dtype, grad_seed=1)
+    labels = ["output"] + list(names or [f"grad[{i}]" for i in range(len(truth) - 1)])
+    eps = torch.finfo(dtype).eps
+    for label, t, r, k in zip(labels, truth, ref, got):
+        if t is None:
+            assert k is None or torch.all(k == 0), f"{label}: kernel gives a gradient where the reference has none"
+            continue
+        assert k is not None, f"{label}: kernel gave no gradient"
+        assert k.shape == t.shape, f"{label}: shape {tuple(k.shape)} != {tuple(t.shape)}"
+        t64, r64, k64 = t.double(), r.double(), k.double()
+        assert torch.equal(torch.isnan(k64), torch.isnan(t64)), f"{label}: NaN pattern differs from the reference"
+        finite = torch.isfinite(t64)
+        assert torch.equal(k64[~finite].nan_to_num(), t64[~finite].nan_to_num()), f"{label}: inf values differ"
+        if not finite.any():
+            continue
+        scale = t64[finite].abs().max().item() or 1.0
+        ref_err = (r64 - t64)[finite].abs().max().item()
+        ker_err = (k64 - t64)[finite].abs().max().item()
+        bound = 1.0 * ref_err + margin * eps * scale
+        assert ker_err <= bound, (
+            f"{label} ({dtype}): kernel error {ker_err:.3e} > reference error {ref_err:.3e} + "
+            f"{margin}*eps*{scale:.3e} = {bound:.3e}"
+        )
