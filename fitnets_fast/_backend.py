@@ -60,6 +60,18 @@ def module(name: str) -> Optional[ModuleType]:
     return _loaded[name]
 
 
+def preload() -> None:
+    """Import the backends "auto" may pick here, so that dispatch inside ``torch.compile`` never imports.
+
+    Triton is imported only where CUDA is available (elsewhere it runs only when asked for by name, in
+    tests under the interpreter).
+    """
+    module("reference")
+    module("cpp")
+    if torch.cuda.is_available():
+        module("triton")
+
+
 def unavailable_reason(name: str) -> Optional[str]:
     module(name)
     return _load_errors.get(name)

@@ -14,6 +14,8 @@ from . import _backend, _checks
 
 __all__ = ["maxout", "maxout_conv2d", "maxout_linear", "hint_loss", "kd_loss"]
 
+_backend.preload()
+
 
 def maxout(x: torch.Tensor, pieces: int, *, backend: str = "auto") -> torch.Tensor:
     """Maxout over dim 1, ``(N, C*pieces, *rest) -> (N, C, *rest)``; see ``reference.maxout``."""

@@ -1,0 +1,229 @@
+"""Triton kernels (fitnets_fast.kernels) against the float64 reference.
+
+Without CUDA these run under ``TRITON_INTERPRET=1`` on CPU tensors (set by conftest.py). Shapes are small and
+deliberately not multiples of the tiles (masked edges); each tiling configuration is tested explicitly, not
+only the heuristic's choice; outputs are poisoned (``check_against_reference``) and every gradient, teacher
+and hint included, is compared.
+"""
+import pytest
+import torch
+
+from fitnets_fast import _backend, ops, reference
+from kernel_check import check_against_reference
+
+kernels = pytest.importorskip("fitnets_fast.kernels")
+if not kernels.AVAILABLE:  # pragma: no cover - triton is a CI dependency
+    pytest.skip(f"triton kernels unavailable: {kernels.UNAVAILABLE_REASON}", allow_module_level=True)
+if not torch.cuda.is_available() and not _backend._TRITON_INTERPRET:  # pragma: no cover
+    pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from fitnets_fast.kernels._common import GemmConfig  # noqa: E402
+from fitnets_fast.kernels.kd_loss import KDConfig, kd_config  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float64, torch.float32]
+
+
+def randn(*shape):
+    return torch.randn(*shape, dtype=torch.float64, device=DEVICE)
+
+
+# ------------------------------------------------------------------------------------------------ KD loss
+KD_CONFIGS = [
+    KDConfig(4, 16),  # whole rows in registers, several rows per program, last program half empty
+    KDConfig(1, 4),  # online softmax over 3 column blocks (last one masked), one row per program
+    KDConfig(2, 8),  # online softmax with two rows per program
+    None,  # the heuristic
+]
+
+
+@pytest.mark.parametrize("config", KD_CONFIGS, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kd_loss(config, reduction, dtype):
+    n, k = 7, 11
+    s, t = randn(n, k) * 3, randn(n, k) * 3
+    y = torch.randint(0, k, (n,), device=DEVICE)
+    y[[1, 4]] = -100
+    args = (3.0, 4.0, 1.5, 0.7, reduction, -100)
+    check_against_reference(lambda a, b, c: kernels.kd_loss_impl(a, b, c, *args, config=config),
+                            lambda a, b, c: reference.kd_loss_impl(a, b, c, *args), [s, t, y], dtype,
+                            names=["d/dstudent", "d/dteacher"])
+
+
+@pytest.mark.parametrize("config", [KDConfig(8, 8), KDConfig(1, 2)], ids=str)
+def test_kd_loss_defaults_all_ignored_and_narrow_labels(config):
+    """T_s = T (None), every row unlabelled with "mean" (hard term 0), uint8 labels with ignore_index 255."""
+    n, k = 5, 3
+    s, t = randn(n, k), randn(n, k)
+    y = torch.full((n,), 255, dtype=torch.uint8, device=DEVICE)
+    check_against_reference(lambda a, b, c: kernels.kd_loss_impl(a, b, c, ignore_index=255, config=config),
+                            lambda a, b, c: reference.kd_loss_impl(a, b, c, ignore_index=255), [s, t, y],
+                            torch.float32)
+
+
+def test_kd_loss_without_gradients_matches():
+    s, t = randn(6, 9), randn(6, 9)
+    y = torch.randint(0, 9, (6,), device=DEVICE)
+    with torch.no_grad():
+        got = kernels.kd_loss_impl(s, t, y, config=KDConfig(2, 4))
+    assert torch.allclose(got, reference.kd_loss_impl(s, t, y), rtol=1e-12, atol=0)
+
+
+def test_kd_config_small_classes_use_one_program():
+    """128 x 10 (CIFAR-10 batch) fits one program: the loss is a single launch."""
+    cfg = kd_config(128, 10)
+    assert cfg.rows >= 128 and cfg.block_k >= 10
+    assert kd_config(4096, 32000).block_k < 32000  # large vocabularies take the column loop
+
+
+# ------------------------------------------------------------------------------------------------- maxout
+@pytest.mark.parametrize("shape,pieces", [((3, 10, 7, 9), 2), ((5, 12), 3), ((2, 6, 5), 6)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_maxout(shape, pieces, dtype):
+    check_against_reference(lambda x: kernels.maxout_impl(x, pieces), lambda x: reference.maxout_impl(x, pieces),
+                            [randn(*shape)], dtype)
+
+
+def test_maxout_ties_go_to_lowest_piece_and_nan_propagates():
+    x = randn(2, 6, 3, 4)
+    x[:, 1] = x[:, 0]  # exact ties in group 0
+    x[0, 3, 1, 1] = float("nan")  # NaN in the second piece of group 1
+    x[1, 4, 2, 2] = float("nan")  # NaN in the first piece of group 2
+    check_against_reference(lambda v: kernels.maxout_impl(v, 2), lambda v: reference.maxout_impl(v, 2), [x],
+                            torch.float64)
+
+
+# -------------------------------------------------------------------------------------------- maxout conv
+CONV_CASES = [
+    # (C_in, stride, padding, pieces, kernel, config)
+    (5, 1, 1, 2, 3, GemmConfig(16, 16, 16)),  # pieces=2: one dot over both pieces, split in the epilogue
+    (5, 1, 1, 2, 3, GemmConfig(16, 16, 16, fuse_pieces=False)),  # pieces=2, one pass per piece
+    (5, 2, 0, 3, 3, GemmConfig(32, 16, 16)),
+    (20, 1, 1, 2, 2, GemmConfig(16, 16, 16)),  # two reduction blocks over C_in
+    (5, 1, 0, 1, 3, GemmConfig(64, 32, 32)),  # pieces=1: plain conv, one pixel block
+    (5, 1, 1, 2, 3, None),
+]
+
+
+@pytest.mark.parametrize("c_in,stride,padding,pieces,ksize,config", CONV_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_maxout_conv2d(c_in, stride, padding, pieces, ksize, config, dtype):
+    x, w, b = randn(3, c_in, 7, 9), randn(3 * pieces, c_in, ksize, ksize), randn(3 * pieces)
+    check_against_reference(
+        lambda *a: kernels.maxout_conv2d_impl(*a, pieces, stride, padding, config=config),
+        lambda *a: reference.maxout_conv2d_impl(*a, pieces, stride, padding), [x, w, b], dtype,
+        names=["d/dx", "d/dweight", "d/dbias"])
+
+
+def test_maxout_conv2d_no_bias_and_ties():
+    """Identical pieces tie everywhere: the first piece takes the whole gradient."""
+    w = randn(2, 4, 3, 3).repeat_interleave(2, dim=0)
+    check_against_reference(lambda x, w: kernels.maxout_conv2d_impl(x, w, None, 2, 1, 1, config=GemmConfig(16, 16, 16)),
+                            lambda x, w: reference.maxout_conv2d_impl(x, w, None, 2, 1, 1), [randn(2, 4, 5, 6), w],
+                            torch.float64, names=["d/dx", "d/dweight"])
+
+
+def test_maxout_conv2d_saves_one_byte_winners_not_the_preactivation():
+    x = torch.randn(3, 5, 7, 9, device=DEVICE, requires_grad=True)
+    w = torch.randn(6, 5, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(6, device=DEVICE, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = kernels.maxout_conv2d_impl(x, w, b, 2, 1, 1)
+    assert y.shape == (3, 3, 7, 9)
+    winners = [t for t in saved if t.dtype == torch.uint8]
+    assert len(winners) == 1 and winners[0].numel() == y.numel()
+    floating = sorted(tuple(t.shape) for t in saved if t.is_floating_point())
+    assert floating == sorted([tuple(x.shape), tuple(w.shape)])  # x and weight only: no pre-activation
+
+
+# ------------------------------------------------------------------------------------------ maxout linear
+@pytest.mark.parametrize("pieces,config", [(5, GemmConfig(16, 16, 16)), (2, GemmConfig(32, 16, 32)), (1, None)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_maxout_linear(pieces, config, dtype):
+    x, w, b = randn(7, 21), randn(3 * pieces, 21), randn(3 * pieces)
+    check_against_reference(lambda *a: kernels.maxout_linear_impl(*a, pieces, config=config),
+                            lambda *a: reference.maxout_linear_impl(*a, pieces), [x, w, b], dtype,
+                            names=["d/dx", "d/dweight", "d/dbias"])
+
+
+# ---------------------------------------------------------------------------------------------- hint loss
+@pytest.mark.parametrize("padding,pieces,config", [(0, 2, GemmConfig(16, 16, 16)), (1, 1, GemmConfig(32, 16, 16)),
+                                                   (0, 2, GemmConfig(32, 16, 16, fuse_pieces=False))], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_hint_loss(padding, pieces, config, dtype):
+    guided, w, b = randn(3, 5, 7, 9), randn(4 * pieces, 5, 2, 3), randn(4 * pieces)
+    hint = randn(3, 4, 7 + 2 * padding - 1, 9 + 2 * padding - 2)
+    check_against_reference(lambda g, h, w, b: kernels.hint_loss_impl(g, h, w, b, pieces, padding, config=config),
+                            lambda g, h, w, b: reference.hint_loss_impl(g, h, w, b, pieces, padding),
+                            [guided, hint, w, b], dtype, names=["d/dguided", "d/dhint", "d/dweight", "d/dbias"])
+
+
+def test_hint_loss_fixed_hint_no_bias():
+    """The usual stage-1 case: the teacher hint is a constant (no gradient), no bias."""
+    hint = randn(3, 4, 7, 9).float().double()  # exact in float32
+    check_against_reference(lambda g, w: kernels.hint_loss_impl(g, hint.to(g.dtype), w, None, 2, 1,
+                                                               config=GemmConfig(16, 16, 16)),
+                            lambda g, w: reference.hint_loss_impl(g, hint.to(g.dtype), w, None, 2, 1),
+                            [randn(3, 5, 7, 9), randn(8, 5, 3, 3)], torch.float32, names=["d/dguided", "d/dweight"])
+
+
+# ------------------------------------------------------------------------------------------- empty batch
+@pytest.mark.parametrize("op,make", [
+    ("kd_loss", lambda: (randn(0, 5), randn(0, 5), torch.zeros(0, dtype=torch.long, device=DEVICE))),
+    ("maxout", lambda: (randn(0, 4, 3, 3), 2)),
+    ("maxout_conv2d", lambda: (randn(0, 3, 5, 5), randn(4, 3, 3, 3), randn(4), 2, 1, 1)),
+    ("maxout_linear", lambda: (randn(0, 3), randn(4, 3), randn(4), 2)),
+    ("hint_loss", lambda: (randn(0, 3, 5, 5), randn(0, 2, 4, 4), randn(4, 3, 2, 2), randn(4), 2, 0)),
+])
+def test_empty_batch_matches_reference(op, make):
+    args = make()
+    torch.testing.assert_close(getattr(kernels, f"{op}_impl")(*args), getattr(reference, f"{op}_impl")(*args),
+                               equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+def test_public_ops_dispatch_to_triton():
+    x, w, b = randn(2, 4, 5, 6), randn(6, 4, 3, 3), randn(6)
+    assert torch.allclose(ops.maxout_conv2d(x, w, b, 2, 1, 1, backend="triton"),
+                          reference.maxout_conv2d(x, w, b, 2, 1, 1), rtol=1e-12, atol=1e-12)
+    s, t = randn(4, 10), randn(4, 10)
+    y = torch.randint(0, 10, (4,), device=DEVICE)
+    assert torch.allclose(ops.kd_loss(s, t, y, backend="triton"), reference.kd_loss(s, t, y), rtol=1e-12, atol=0)
+    for op in _backend.OPS:
+        assert _backend.implements("triton", op), op
+
+
+# ----------------------------------------------------------------------------------- real compiler, GPU script
+def _run_script(args, env):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable] + args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_sm90():
+    """The interpreter cannot catch what only the compiler rejects: compile every kernel specialisation the
+    ops launch (fp32 and bf16, forward and backward) down to an sm_90 cubin with Triton's bundled ptxas, then
+    trace the ops as torch.compile does (Dynamo export, fake-tensor forward + backward)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = _run_script(["-m", "fitnets_fast.kernels.aot_check", "--arch", "90"], env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert " 0 failed" in proc.stdout and "traced: " in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run():
+    """benchmarks/gpu_check.py runs end to end on tiny CPU shapes under the interpreter."""
+    import os
+
+    proc = _run_script(["benchmarks/gpu_check.py", "--dry-run"], dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "accuracy failures: 0" in proc.stdout and "| triton fp32 |" in proc.stdout
