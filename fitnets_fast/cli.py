@@ -1,0 +1,105 @@
+"""``fitnets-fast``: ``train`` (a preset, with overrides or a resume), ``eval`` (a saved model), ``info``.
+
+Examples::
+
+    fitnets-fast train                                   # the digits preset: teacher, backprop, KD, FitNets
+    fitnets-fast train --preset cifar10 --data-dir data --set student=fitnet1 --set max_epochs=100
+    fitnets-fast train --resume runs/digits-20260101-120000
+    fitnets-fast eval runs/digits-20260101-120000/models/fitnets.pt
+    fitnets-fast info
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import preset_names
+
+    parser = argparse.ArgumentParser(prog="fitnets-fast", description="FitNets: hints for thin deep nets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run a preset (default: digits) and print the result table")
+    t.add_argument("--preset", default="digits", choices=preset_names())
+    t.add_argument("--data-dir", default=None, help="folder of the downloaded data sets (not needed for digits)")
+    t.add_argument("--out", default=None, help="run folder (default runs/<preset>-<UTC time>)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (JSON value), e.g. --set lr=0.001 --set students='[\"kd\"]'")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true", help="no progress bars (the table is still printed)")
+    e = sub.add_parser("eval", help="test accuracy of a saved model file (models/<row>.pt of a run)")
+    e.add_argument("checkpoint")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--device", default=None)
+    sub.add_parser("info", help="versions, devices, op backends, presets and model names")
+    return parser
+
+
+def _train(args) -> int:
+    from .config import parse_overrides
+    from .run_files import CheckpointError, format_table
+    from .trainer import TrainingDiverged, default_out_dir, train
+
+    if args.resume and (args.overrides or args.out):
+        print("error: --resume uses the run's saved settings; drop --set/--out", file=sys.stderr)
+        return 2
+    try:
+        overrides = parse_overrides(args.overrides)
+        run_dir = args.resume or args.out or default_out_dir(args.preset)
+        if args.resume:
+            summary = train(resume=args.resume, data_dir=args.data_dir, device=args.device, quiet=args.quiet)
+        else:
+            summary = train(args.preset, out_dir=run_dir, data_dir=args.data_dir, device=args.device,
+                            seed=args.seed, quiet=args.quiet, **overrides)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last checkpoint is intact; continue with "
+              f"`fitnets-fast train --resume {run_dir}`", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, CheckpointError, TrainingDiverged, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.quiet:  # train() prints the table itself unless quiet
+        print(format_table(summary))
+    print(f"run folder: {summary['run_dir']}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .run_files import CheckpointError
+    from .trainer import evaluate_model_file
+
+    try:
+        out = evaluate_model_file(args.checkpoint, data_dir=args.data_dir, device=args.device)
+    except (ValueError, TypeError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _info(args) -> int:
+    from . import info
+    from .config import PRESETS
+    from .models import names
+
+    info()
+    print("presets:")
+    for name, p in PRESETS.items():
+        print(f"  {name}: {p.get('description', '')}")
+    print("models: " + ", ".join(names()))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"train": _train, "eval": _eval, "info": _info}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""A run folder on disk: resolved config, per-epoch metrics, atomic checkpoints, summary, curves, table.
+
+Layout of ``RunDir(path)``::
+
+    config.json          resolved settings (+ the models' per-layer settings), written once
+    metrics.jsonl        one JSON object per epoch of every stage
+    checkpoints/last.pt  everything needed to resume exactly (written atomically after every epoch)
+    checkpoints/best.pt  the best-validation weights of the stage in progress
+    models/<row>.pt      final weights of the teacher and of each student row (``save_model`` format)
+    summary.json         the run's summary (what ``fitnets_fast.train`` returns)
+    curves.png           training curves of every stage
+
+Every file is written to a temporary name in the same folder and renamed over the old one, so an
+interruption (Ctrl-C, a crash, a full disk) leaves the previous version intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+__all__ = ["CheckpointError", "RunDir", "atomic_write", "save_model", "load_model_file", "format_table"]
+
+CHECKPOINT_FORMAT = "fitnets_fast/run-checkpoint-v1"
+MODEL_FORMAT = "fitnets_fast/model-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, corrupt or of the wrong kind."""
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``.
+
+    If ``write`` raises (or the process dies), ``path`` keeps its previous content and the temporary
+    file is removed (when the process survives).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _load(path: Path, expected_format: str, map_location) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or garbage files
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or unreadable "
+                              f"({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != expected_format:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a {expected_format!r} file (found {found!r})")
+    return obj
+
+
+def save_model(path: Path, *, model_name: str, model_options: Dict[str, Any], num_classes: int,
+               state_dict: Dict[str, torch.Tensor], data: Dict[str, Any], role: str) -> None:
+    """Write a self-describing model file: enough to rebuild the model and its test data (``eval``)."""
+    obj = {"format": MODEL_FORMAT, "model": model_name, "options": model_options, "num_classes": num_classes,
+           "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "data": data, "role": role}
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def load_model_file(path: Path, map_location="cpu") -> Dict[str, Any]:
+    """Read a ``save_model`` file; raises ``CheckpointError`` when missing, corrupt or of another kind."""
+    return _load(Path(path), MODEL_FORMAT, map_location)
+
+
+class RunDir:
+    """The files of one run (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.summary_path = self.path / "summary.json"
+        self.plot_path = self.path / "curves.png"
+        self.last_path = self.path / "checkpoints" / "last.pt"
+        self.best_path = self.path / "checkpoints" / "best.pt"
+
+    def model_path(self, row: str) -> Path:
+        return self.path / "models" / f"{row}.pt"
+
+    # -- JSON ---------------------------------------------------------------------------------------
+    def write_json(self, path: Path, obj: Any) -> None:
+        atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2)), mode="w")
+
+    def read_config(self) -> Dict[str, Any]:
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{str(self.path)!r} is not a run folder (no config.json)")
+        return json.loads(self.config_path.read_text())
+
+    # -- metrics ------------------------------------------------------------------------------------
+    def append_metrics(self, record: Dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> List[Dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, n: int) -> None:
+        """Keep the first ``n`` records (those covered by the checkpoint being resumed)."""
+        records = self.read_metrics()
+        if len(records) < n:
+            raise CheckpointError(f"{str(self.metrics_path)!r} has {len(records)} records, the checkpoint "
+                                  f"expects at least {n}")
+        atomic_write(self.metrics_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records[:n])),
+                     mode="w")
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save_checkpoint(self, state: Dict[str, Any], best: Optional[Dict[str, Any]] = None) -> None:
+        """Atomically write ``last.pt`` (and ``best.pt`` first, when given)."""
+        if best is not None:
+            atomic_write(self.best_path, lambda f: torch.save({"format": CHECKPOINT_FORMAT + "/best", **best}, f))
+        atomic_write(self.last_path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
+
+    def load_checkpoint(self, map_location="cpu") -> Dict[str, Any]:
+        """Read ``last.pt``; raises ``CheckpointError`` when missing, corrupt or of another kind."""
+        return _load(self.last_path, CHECKPOINT_FORMAT, map_location)
+
+    # -- plot ---------------------------------------------------------------------------------------
+    def plot(self, records: List[Dict[str, Any]]) -> None:
+        """Training curves: one panel per (row, stage); losses on the left axis, accuracies on the right."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        series: Dict[str, List[Dict[str, Any]]] = {}
+        for r in records:
+            series.setdefault(f"{r['row']} / {r['stage']}", []).append(r)
+        if not series:
+            return
+        cols = min(3, len(series))
+        rows = (len(series) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+        for ax in axes.flat[len(series):]:
+            ax.axis("off")
+        for ax, (title, recs) in zip(axes.flat, series.items()):
+            ep = [r["epoch"] for r in recs]
+            for key, style in (("train_loss", "-"), ("valid_loss", "--")):
+                if recs[0].get(key) is not None:
+                    ax.plot(ep, [r[key] for r in recs], style, label=key)
+            ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_title(title)
+            acc_keys = [k for k in ("train_acc", "valid_acc", "test_acc") if recs[0].get(k) is not None]
+            lines, labels = ax.get_legend_handles_labels()
+            if acc_keys:
+                ax2 = ax.twinx()
+                for key in acc_keys:
+                    ax2.plot(ep, [r[key] for r in recs], ":", label=key)
+                ax2.set_ylabel("accuracy")
+                l2, lb2 = ax2.get_legend_handles_labels()
+                lines, labels = lines + l2, labels + lb2
+            ax.legend(lines, labels, fontsize=7, loc="center right")
+        fig.tight_layout()
+        atomic_write(self.plot_path, lambda f: fig.savefig(f, format="png", dpi=80))
+        plt.close(fig)
+
+
+def _fmt_count(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def format_table(summary: Dict[str, Any]) -> str:
+    """The run's result table: one line per row (teacher first) with test accuracy at the best-validation
+    epoch and at the last epoch, parameters, multiplications and inference speed-up over the teacher."""
+    head = f"{'row':<16}{'model':<16}{'acc(best)':>10}{'acc(last)':>10}{'epochs':>8}{'params':>10}{'mults':>10}{'speed-up':>10}"
+    lines = [head, "-" * len(head)]
+    for r in summary["rows"]:
+        best = "-" if r.get("test_acc_best") is None else f"{100 * r['test_acc_best']:.2f}%"
+        last = "-" if r.get("test_acc_last") is None else f"{100 * r['test_acc_last']:.2f}%"
+        speed = "-" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
+        lines.append(f"{r['row']:<16}{r['model']:<16}{best:>10}{last:>10}{str(r.get('epochs', '-')):>8}"
+                     f"{_fmt_count(r.get('params')):>10}{_fmt_count(r.get('mults')):>10}{speed:>10}")
+    lines.append("acc(best): test accuracy at the best-validation epoch; acc(last): at the last epoch; "
+                 "speed-up: teacher / model inference time over the test set")
+    return "\n".join(lines)
