@@ -31,21 +31,20 @@ def rank(name: str, value: torch.Tensor, expected, what: str) -> None:
 
 
 def same_device(**tensors: Optional[torch.Tensor]) -> None:
-    """Check that all given (non-None) tensors live on one device."""
-    present = {k: v for k, v in tensors.items() if v is not None}
-    devices = {v.device for v in present.values()}
-    if len(devices) > 1:
-        listing = ", ".join(f"{k} on {v.device}" for k, v in present.items())
-        raise ValueError(f"all tensors must be on the same device, got {listing}")
+    """Check that all given (non-None) tensors live on one device (ValueError)."""
+    _all_equal("device", ValueError, tensors)
 
 
 def same_dtype(**tensors: Optional[torch.Tensor]) -> None:
-    """Check that all given (non-None) floating tensors share one dtype."""
-    present = {k: v for k, v in tensors.items() if v is not None}
-    dtypes = {v.dtype for v in present.values()}
-    if len(dtypes) > 1:
-        listing = ", ".join(f"{k} is {v.dtype}" for k, v in present.items())
-        raise TypeError(f"all tensors must share one dtype, got {listing}")
+    """Check that all given (non-None) tensors share one dtype (TypeError)."""
+    _all_equal("dtype", TypeError, tensors)
+
+
+def _all_equal(attribute: str, error: type, tensors: dict) -> None:
+    present = {k: getattr(v, attribute) for k, v in tensors.items() if v is not None}
+    if len(set(present.values())) > 1:
+        listing = ", ".join(f"{k}: {v}" for k, v in present.items())
+        raise error(f"all tensors must share one {attribute}, got {listing}")
 
 
 def positive_int(name: str, value) -> int:

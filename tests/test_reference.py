@@ -144,7 +144,7 @@ BAD = [
     (lambda m: m.kd_loss(torch.randn(3, 4), torch.randn(3, 4), torch.zeros(3, dtype=torch.long), reduction="avg"),
      ValueError, "reduction"),
     (lambda m: m.kd_loss(torch.randn(3, 4), torch.randn(3, 4, device="meta"), torch.zeros(3, dtype=torch.long)),
-     ValueError, "same device"),
+     ValueError, "share one device"),
 ]
 
 
