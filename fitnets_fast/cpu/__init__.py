@@ -1,3 +1,23 @@
-"""C++ CPU kernels (``fitnets_fast._C``) behind the ops: filled in by the CPU-kernel work."""
-AVAILABLE = False
-UNAVAILABLE_REASON = "no C++ kernels are implemented yet"
+"""The "cpp" backend: fused C++ CPU kernels (``fitnets_fast._C``) behind ``torch.library`` custom ops.
+
+Exposes the ``*_impl`` functions of ``fitnets_fast.reference`` with identical signatures, for CPU float32 /
+float64 tensors. Each kernel is a custom op (``fitnets_fast::maxout_bias``, ``maxout_bias_backward``,
+``hint_epilogue``, ``kd_loss``, ``kd_loss_teacher_grad``) with a fake (meta) implementation and an autograd
+formula, so ``torch.compile(fullgraph=True)`` traces models using them without graph breaks; eager calls run
+the same functions through a plain ``torch.autograd.Function`` (see ``_common.fused_op``). Convolutions and
+matmuls stay PyTorch's (bias-free); the kernels fuse what follows them. ``AVAILABLE`` is False (with
+``UNAVAILABLE_REASON``) when the extension was not built.
+"""
+try:
+    from .. import _C  # noqa: F401
+except ImportError as exc:  # the optional extension was not built
+    AVAILABLE = False
+    UNAVAILABLE_REASON = f"fitnets_fast._C is not built ({exc}); run `python setup.py build_ext --inplace`"
+else:
+    AVAILABLE = True
+    UNAVAILABLE_REASON = None
+    from .hint_loss import hint_loss_impl
+    from .kd_loss import kd_loss_impl
+    from .maxout import maxout_conv2d_impl, maxout_impl, maxout_linear_impl
+
+    __all__ = ["maxout_impl", "maxout_conv2d_impl", "maxout_linear_impl", "hint_loss_impl", "kd_loss_impl"]

@@ -1,0 +1,104 @@
+"""Helpers shared by the C++-backed ops: thread count, dtype names and the maxout memory layouts.
+
+The kernels in ``fitnets_fast._C`` see a maxout pre-activation as a contiguous ``(M, C, K, S)`` array.
+Two layouts of a ``(N, C*K, *rest)`` tensor map onto it without a copy:
+
+* "contiguous" (NCHW): ``M = N``, ``S = prod(rest)``; outputs ``(N, C, *rest)`` are contiguous.
+* "channels-last" (dim 1 innermost, e.g. ``torch.channels_last`` conv outputs): ``M = N * prod(rest)``,
+  ``S = 1``; outputs are allocated channels-last too, so nothing is transposed.
+
+Any other strided input is copied to the contiguous layout first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .. import _alloc
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def threads() -> int:
+    """Threads a kernel call may use: PyTorch's intra-op thread count."""
+    return torch.get_num_threads()
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    return _DTYPE_NAMES[t.dtype]
+
+
+def address(t) -> int:
+    """Data pointer of ``t`` as an int, 0 for None (the kernels treat 0 as "absent")."""
+    return 0 if t is None else t.data_ptr()
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True if dim 1 of ``x`` (rank >= 3) is innermost and the rest is dense, and x is not plain contiguous."""
+    return x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
+
+
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` with dense memory in the given layout (no copy if it already is)."""
+    return x.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else x.contiguous()
+
+
+def kernel_shape(shape: torch.Size, pieces: int, channels_last: bool) -> Tuple[int, int, int, int]:
+    """``(M, C, K, S)`` of a ``(N, C*K, *rest)`` pre-activation in the given layout."""
+    n, rest = shape[0], math.prod(shape[2:])
+    c = shape[1] // pieces
+    return (n * rest, c, pieces, 1) if channels_last else (n, c, pieces, rest)
+
+
+def empty_in_layout(shape, dtype: torch.dtype, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A new ``shape`` tensor (via ``_alloc.empty``) whose memory is in the given layout."""
+    shape = tuple(shape)
+    if not channels_last:
+        return _alloc.empty(shape, dtype=dtype, device=device)
+    physical = (shape[0], *shape[2:], shape[1])
+    return _alloc.empty(physical, dtype=dtype, device=device).movedim(-1, 1)
+
+
+def reduced_shape(shape: torch.Size, pieces: int) -> Tuple[int, ...]:
+    """Shape after maxout over dim 1: ``(N, C*K, *rest) -> (N, C, *rest)``."""
+    return (shape[0], shape[1] // pieces, *shape[2:])
+
+
+def fused_op(name: str, forward: Callable, fake: Callable, setup_context: Optional[Callable] = None,
+             backward: Optional[Callable] = None) -> Callable:
+    """Register ``forward`` as the ``torch.library`` custom op ``name`` (with its fake impl and, if given,
+    its autograd formula) and return a caller that uses the custom op while ``torch.compile`` traces and,
+    in eager mode, the same functions through a plain ``torch.autograd.Function`` (or ``forward`` itself),
+    skipping the custom-op dispatch overhead (tens of microseconds per call). Output 0 must be the only
+    differentiable output. ``caller.op`` is the op.
+    """
+    op = torch.library.custom_op(name, forward, mutates_args=())
+    op.register_fake(fake)
+    eager = forward
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+
+        def function_forward(ctx, *args):
+            # Only output 0 is differentiable: no zero-filled gradients for the others (saved buffers).
+            ctx.set_materialize_grads(False)
+            ctx.num_args = len(args)
+            output = forward(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        def function_backward(ctx, *grads):
+            return (None,) * ctx.num_args if grads[0] is None else backward(ctx, *grads)
+
+        # ctx-style forward: Function.apply then skips binding the arguments with inspect (~50 us a call).
+        function = type(f"{forward.__name__}_function", (torch.autograd.Function,), {
+            "forward": staticmethod(function_forward), "backward": staticmethod(function_backward)})
+        eager = function.apply
+
+    def call(*args):
+        return op(*args) if torch.compiler.is_compiling() else eager(*args)
+
+    call.op = op
+    call.__doc__ = forward.__doc__
+    return call

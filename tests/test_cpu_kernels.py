@@ -1,0 +1,373 @@
+"""The "cpp" backend (fused C++ CPU kernels in fitnets_fast.cpu) against the float64 reference.
+
+Every check goes through the public ops with ``backend="cpp"`` and ``tests/kernel_check.py``'s rule
+(forward and every gradient, outputs poisoned), in float64 and float32.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fitnets_fast import _backend, ops, reference
+from fitnets_fast import cpu
+from kernel_check import check_against_reference
+
+pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason=f"C++ kernels not built: {cpu.UNAVAILABLE_REASON}")
+
+D = torch.float64
+DTYPES = [torch.float64, torch.float32]
+NAN, INF = float("nan"), float("inf")
+
+
+def _r(*shape):
+    return torch.randn(*shape, dtype=D)
+
+
+def _check(op, args, dtype, names, view=lambda *a: a):
+    """Compare ``ops.<op>(*view(*tensors), *rest)`` on the cpp backend with the reference op."""
+    n = len(names)
+    tensors, rest = args[:n], args[n:]
+
+    def kernel(*ts):
+        return getattr(ops, op)(*view(*ts), *rest, backend="cpp")
+
+    def ref(*ts):
+        return getattr(reference, op)(*view(*ts), *rest)
+
+    check_against_reference(kernel, ref, tensors, dtype, names=names)
+
+
+# --------------------------------------------------------------------------------------------- maxout
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,pieces", [((3, 6, 5, 7), 3), ((2, 10, 9), 5), ((7, 8), 2), ((1, 4, 1, 1), 4),
+                                          ((2, 2, 3, 5), 2), ((2, 3, 4, 3, 2), 3)])
+def test_maxout(shape, pieces, dtype):
+    _check("maxout", (_r(*shape), pieces), dtype, ["x"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "expanded"])
+def test_maxout_non_contiguous(layout, dtype):
+    views = {
+        "transposed": (_r(3, 6, 7, 5), lambda x: (x.transpose(2, 3),)),
+        "sliced": (_r(3, 12, 5, 9), lambda x: (x[:, ::2, :, 1::2],)),
+        "channels_last": (_r(3, 6, 5, 7), lambda x: (x.contiguous(memory_format=torch.channels_last),)),
+        "expanded": (_r(1, 6, 5, 1), lambda x: (x.expand(4, 6, 5, 3),)),
+    }
+    x, view = views[layout]
+    _check("maxout", (x, 2), dtype, ["x"], view=view)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_maxout_ties_go_to_lowest_piece(dtype, channels_last):
+    x = torch.randint(-1, 2, (4, 9, 6, 5)).to(D)  # many exact ties among 3 pieces
+    view = (lambda x: (x.contiguous(memory_format=torch.channels_last),)) if channels_last else (lambda x: (x,))
+    _check("maxout", (x, 3), dtype, ["x"], view=view)
+    # explicitly: all pieces equal -> piece 0 gets the whole gradient
+    z = torch.zeros(2, 4, 3, dtype=dtype, requires_grad=True)
+    ops.maxout(z, 2, backend="cpp").backward(torch.ones(2, 2, 3, dtype=dtype))
+    assert torch.equal(z.grad[:, 0::2], torch.ones(2, 2, 3, dtype=dtype))
+    assert torch.equal(z.grad[:, 1::2], torch.zeros(2, 2, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxout_nan_and_inf_propagate(dtype):
+    x = _r(2, 6, 4, 5)
+    x[0, 1, 0, 0] = NAN          # NaN loses nothing: it wins its group
+    x[0, 2:4, 1, 1] = NAN        # two NaN pieces: the first wins
+    x[1, 0, 2, 2] = INF
+    x[1, 3, 3, 3] = -INF         # -inf loses to any finite piece
+    x[1, 4:6, 0, 4] = -INF       # all -inf: -inf out, first piece wins
+    _check("maxout", (x, 2), dtype, ["x"])
+    _check("maxout", (x, 3), dtype, ["x"], view=lambda x: (x.contiguous(memory_format=torch.channels_last),))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxout_empty(dtype):
+    _check("maxout", (_r(0, 6, 3, 3), 2), dtype, ["x"])
+    _check("maxout", (_r(2, 6, 0, 3), 3), dtype, ["x"])
+
+
+def test_maxout_many_pieces_falls_back_to_reference():
+    x = _r(2, 300, 3)
+    assert torch.equal(ops.maxout(x, 300, backend="cpp"), reference.maxout(x, 300))
+
+
+# -------------------------------------------------------------------------------------- maxout conv2d
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", [
+    dict(x=(3, 5, 9, 7), w=(12, 5, 3, 3), pieces=2, stride=1, padding=1, bias=True),
+    dict(x=(2, 3, 11, 10), w=(15, 3, 4, 2), pieces=5, stride=2, padding=0, bias=True),
+    dict(x=(2, 4, 6, 6), w=(9, 4, 3, 3), pieces=3, stride=1, padding=2, bias=False),
+    dict(x=(2, 4, 6, 5), w=(6, 4, 1, 1), pieces=1, stride=1, padding=0, bias=True),
+])
+def test_maxout_conv2d(cfg, dtype):
+    b = _r(cfg["w"][0]) if cfg["bias"] else None
+    names = ["x", "weight"] + (["bias"] if cfg["bias"] else [])
+    tensors = (_r(*cfg["x"]), _r(*cfg["w"])) + ((b,) if cfg["bias"] else ())
+
+    def view(x, w, *bias):
+        return (x, w, bias[0] if bias else None)
+
+    _check("maxout_conv2d", tensors + (cfg["pieces"], cfg["stride"], cfg["padding"]), dtype, names, view=view)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxout_conv2d_channels_last_and_strided(dtype):
+    def view(x, w, b):
+        return x.contiguous(memory_format=torch.channels_last), w.transpose(2, 3), b[::2]
+
+    _check("maxout_conv2d", (_r(3, 6, 8, 9), _r(16, 6, 3, 3), _r(32), 4, 1, 1), dtype, ["x", "weight", "bias"],
+           view=view)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxout_conv2d_ties_with_bias(dtype):
+    x = torch.randint(-1, 2, (2, 2, 5, 5)).to(D)
+    w = torch.randint(-1, 2, (8, 2, 1, 1)).to(D)
+    b = torch.tensor([0.0, 1, 1, 0, 2, 2, -1, 1], dtype=D)
+    _check("maxout_conv2d", (x, w, b, 2, 1, 0), dtype, ["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxout_conv2d_empty_batch(dtype):
+    _check("maxout_conv2d", (_r(0, 3, 5, 5), _r(8, 3, 3, 3), _r(8), 2, 1, 1), dtype, ["x", "weight", "bias"])
+
+
+def test_maxout_conv2d_saves_only_input_weight_and_byte_index():
+    x, w, b = _r(4, 3, 8, 8).requires_grad_(), _r(12, 3, 3, 3).requires_grad_(), _r(12).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ops.maxout_conv2d(x, w, b, 3, 1, 1, backend="cpp")
+    shapes = sorted((tuple(t.shape), t.dtype) for t in saved)
+    assert shapes == sorted([((4, 3, 8, 8), D), ((12, 3, 3, 3), D), ((4, 4, 8, 8), torch.uint8)]), shapes
+
+
+# -------------------------------------------------------------------------------------- maxout linear
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,fin,fout,pieces,bias", [(5, 7, 3, 5, True), (9, 13, 11, 2, False), (1, 4, 6, 4, True),
+                                                    (0, 4, 3, 2, True), (4, 5, 3, 1, True)])
+def test_maxout_linear(n, fin, fout, pieces, bias, dtype):
+    tensors = (_r(n, fin), _r(fout * pieces, fin)) + ((_r(fout * pieces),) if bias else ())
+    names = ["x", "weight"] + (["bias"] if bias else [])
+
+    def view(x, w, *b):
+        return (x, w, b[0] if b else None)
+
+    _check("maxout_linear", tensors + (pieces,), dtype, names, view=view)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxout_linear_non_contiguous_and_nan(dtype):
+    x = _r(7, 6)
+    x[2, 3] = NAN
+    _check("maxout_linear", (x, _r(12, 7), _r(12), 3), dtype, ["x", "weight", "bias"],
+           view=lambda x, w, b: (x.t(), w, b))
+
+
+# ------------------------------------------------------------------------------------------ hint loss
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pieces,padding,kernel", [(2, 0, 3), (1, 1, 3), (3, 0, 1), (5, 1, 2)])
+def test_hint_loss(pieces, padding, kernel, dtype):
+    g = _r(3, 4, 7, 6)
+    out_h, out_w = 7 + 2 * padding - kernel + 1, 6 + 2 * padding - kernel + 1
+    _check("hint_loss", (g, _r(3, 5, out_h, out_w), _r(5 * pieces, 4, kernel, kernel), _r(5 * pieces), pieces,
+                         padding), dtype, ["guided", "hint", "weight", "bias"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hint_loss_channels_last_no_bias(dtype):
+    def view(g, h, w):
+        return g.contiguous(memory_format=torch.channels_last), h.transpose(2, 3), w, None
+
+    _check("hint_loss", (_r(2, 3, 6, 6), _r(2, 4, 4, 4), _r(8, 3, 3, 3), 2, 0), dtype, ["guided", "hint", "weight"],
+           view=view)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hint_loss_nan_inf_and_empty(dtype):
+    h = _r(2, 3, 4, 4)
+    h[0, 1, 2, 2] = NAN
+    _check("hint_loss", (_r(2, 2, 4, 4), h, _r(6, 2, 1, 1), _r(6), 2, 0), dtype, ["guided", "hint", "weight", "bias"])
+    g = _r(2, 2, 4, 4)
+    g[1, 0, 0, 0] = INF
+    _check("hint_loss", (g, _r(2, 3, 4, 4), _r(6, 2, 1, 1), _r(6), 2, 0), dtype, ["guided", "hint", "weight", "bias"])
+    _check("hint_loss", (_r(0, 2, 4, 4), _r(0, 3, 4, 4), _r(6, 2, 1, 1), _r(6), 2, 0), dtype,
+           ["guided", "hint", "weight", "bias"])
+
+
+# -------------------------------------------------------------------------------------------- KD loss
+KD_NAMES = ["student_logits", "teacher_logits"]
+
+
+# Rows of thousands of classes: the float64 reference's own teacher gradient is off by up to ~20 eps there
+# (softmax-backward cancellation), so float64 is checked against extended precision instead (below).
+KD_SIZES = [(5, 7, DTYPES), (3, 2, DTYPES), (4, 5003, [torch.float32])]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("n,k,dtype", [(n, k, d) for n, k, ds in KD_SIZES for d in ds])
+def test_kd_loss(n, k, reduction, dtype):
+    y = torch.randint(0, k, (n,))
+    y[1] = -100
+    _check("kd_loss", (_r(n, k) * 3, _r(n, k) * 3, y, 2.5, 1.5, None, 2.0, reduction), dtype, KD_NAMES)
+    _check("kd_loss", (_r(n, k), _r(n, k), y, 3.0, 4.0, 1.0, 1.0, reduction), dtype, KD_NAMES)
+
+
+def _rising_rows(k):
+    """Rows whose student max rises block after block (teacher's falls): every block rescales the sums."""
+    s = torch.linspace(-30, 30, k, dtype=D).repeat(3, 1) + 0.1 * _r(3, k)
+    t = torch.linspace(25, -25, k, dtype=D).repeat(3, 1) + 0.1 * _r(3, k)
+    return s, t, torch.tensor([0, k - 1, k // 2])
+
+
+def test_kd_loss_online_softmax_rescales_across_blocks():
+    s, t, y = _rising_rows(9000)
+    _check("kd_loss", (s, t, y, 3.0, 4.0, None, 1.0, "mean"), torch.float32, KD_NAMES)
+
+
+def _kd_extended(s, t, y, temperature, weight, reduction):
+    """KD loss and its gradients in numpy extended precision (x87 long double), ignore_index -100."""
+    ld = np.longdouble
+    s, t = s.numpy().astype(ld), t.numpy().astype(ld)
+    y = y.numpy()
+
+    def log_softmax(x):
+        m = x.max(1, keepdims=True)
+        return x - m - np.log(np.exp(x - m).sum(1, keepdims=True))
+
+    rows = np.arange(len(y))
+    labelled = y != -100
+    lsm1, lsm_s, p = log_softmax(s), log_softmax(s / ld(temperature)), np.exp(log_softmax(t / ld(temperature)))
+    hard = np.where(labelled, -lsm1[rows, np.where(labelled, y, 0)], 0)
+    soft = -(p * lsm_s).sum(1)
+    hard_scale = 1 / ld(max(labelled.sum(), 1)) if reduction == "mean" else ld(1)
+    soft_scale = ld(weight) / (len(y) if reduction == "mean" else 1)
+    onehot = np.zeros_like(s)
+    onehot[rows[labelled], y[labelled]] = 1
+    grad_s = hard_scale * labelled[:, None] * (np.exp(lsm1) - onehot) + soft_scale / ld(temperature) * (
+        np.exp(lsm_s) - p)
+    grad_t = -soft_scale / ld(temperature) * p * (lsm_s + soft[:, None])
+    loss = (hard * hard_scale).sum() + (soft * soft_scale).sum()
+    return loss, grad_s, grad_t
+
+
+@pytest.mark.parametrize("rows", ["random", "rising"])
+def test_kd_loss_float64_long_rows_against_extended_precision(rows):
+    s, t, y = (_r(4, 5003) * 3, _r(4, 5003) * 3, torch.tensor([0, 7, -100, 5002])) if rows == "random" \
+        else _rising_rows(9000)
+    s.requires_grad_(True)
+    t.requires_grad_(True)
+    loss = ops.kd_loss(s, t, y, 2.5, 1.5, None, 2.0, "sum", backend="cpp")
+    got = [loss.detach()] + list(torch.autograd.grad(loss, [s, t]))
+    truth = _kd_extended(s.detach(), t.detach(), y, 2.5, 3.0, "sum")
+    for label, k, e in zip(["loss", "student_logits", "teacher_logits"], got, truth):
+        k = k.numpy().astype(np.longdouble)
+        err = float(np.abs(k - e).max() / np.abs(e).max())
+        assert err <= 16 * torch.finfo(D).eps, f"{label}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kd_loss_ignore_index_and_target_dtypes(dtype):
+    y = torch.full((4,), 7, dtype=torch.int32)  # every row ignored: no hard term, soft term over all rows
+    _check("kd_loss", (_r(4, 9), _r(4, 9), y, 3.0, 2.0, None, 1.0, "mean", 7), dtype, KD_NAMES)
+    y8 = torch.tensor([1, 0, 8, 3], dtype=torch.uint8)
+    _check("kd_loss", (_r(4, 9), _r(4, 9), y8, 3.0, 2.0, None, 1.0, "sum", 8), dtype, KD_NAMES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kd_loss_nan_inf_and_empty(dtype):
+    s, t = _r(4, 6), _r(4, 6)
+    s[1, 2] = NAN
+    t[2, 4] = NAN
+    s[3, 0] = -INF  # a masked class
+    y = torch.tensor([0, 1, 2, 3])
+    for reduction in ["none", "mean"]:
+        _check("kd_loss", (s, t, y, 3.0, 4.0, None, 1.0, reduction), dtype, KD_NAMES)
+    y0 = torch.zeros(0, dtype=torch.int64)
+    for reduction in ["none", "mean", "sum"]:
+        _check("kd_loss", (_r(0, 6), _r(0, 6), y0, 3.0, 4.0, None, 1.0, reduction), dtype, KD_NAMES)
+
+
+def test_kd_loss_student_only_gradient():
+    s, t = _r(3, 5).requires_grad_(), _r(3, 5)
+    loss = ops.kd_loss(s, t, torch.tensor([0, 1, 2]), backend="cpp")
+    (g,) = torch.autograd.grad(loss, s)
+    (g_ref,) = torch.autograd.grad(reference.kd_loss(s, t, torch.tensor([0, 1, 2])), s)
+    torch.testing.assert_close(g, g_ref)
+
+
+# ------------------------------------------------------------------------------- errors and dispatch
+BAD = [
+    (lambda: ops.maxout(_r(2, 5, 3), 2, backend="cpp"), ValueError, "not divisible by pieces=2"),
+    (lambda: ops.maxout(_r(2, 4, 3), 0, backend="cpp"), ValueError, "pieces must be a positive int"),
+    (lambda: ops.maxout(torch.ones(2, 4, dtype=torch.int64), 2, backend="cpp"), TypeError, "x must be a floating"),
+    (lambda: ops.maxout(_r(4), 2, backend="cpp"), ValueError, "at least 2 dims"),
+    (lambda: ops.maxout(_r(2, 4).half(), 2, backend="cpp"), ValueError, "float32 and float64"),
+    (lambda: ops.maxout_conv2d(_r(2, 3, 5, 5), _r(8, 4, 3, 3), None, 2, backend="cpp"), ValueError,
+     "input channels"),
+    (lambda: ops.maxout_conv2d(_r(2, 3, 5, 5), _r(8, 3, 3, 3), _r(7), 2, backend="cpp"), ValueError, "bias"),
+    (lambda: ops.maxout_conv2d(_r(2, 3, 5, 5), _r(8, 3, 3, 3).float(), None, 2, backend="cpp"), TypeError,
+     "share one dtype"),
+    (lambda: ops.maxout_linear(_r(2, 3), _r(9, 3), None, 2, backend="cpp"), ValueError, "not divisible"),
+    (lambda: ops.maxout_linear(_r(2, 3, 1), _r(8, 3), None, 2, backend="cpp"), ValueError, "x must be 2-D"),
+    (lambda: ops.hint_loss(_r(2, 3, 5, 5), _r(2, 4, 4, 4), _r(8, 3, 3, 3), None, 2, backend="cpp"), ValueError,
+     "hint has"),
+    (lambda: ops.hint_loss(_r(2, 3, 5, 5), _r(3, 4, 3, 3), _r(8, 3, 3, 3), None, 2, backend="cpp"), ValueError,
+     "batch size mismatch"),
+    (lambda: ops.kd_loss(_r(2, 3), _r(2, 4), torch.tensor([0, 1]), backend="cpp"), ValueError, "must equal"),
+    (lambda: ops.kd_loss(_r(2, 3), _r(2, 3), torch.tensor([0.0, 1.0]), backend="cpp"), TypeError, "target"),
+    (lambda: ops.kd_loss(_r(2, 3), _r(2, 3), torch.tensor([0, 1]), temperature=0.0, backend="cpp"), ValueError,
+     "temperature"),
+    (lambda: ops.kd_loss(_r(2, 3), _r(2, 3), torch.tensor([0, 1]), reduction="avg", backend="cpp"), ValueError,
+     "reduction"),
+    (lambda: ops.kd_loss(_r(2, 3), _r(2, 3), torch.tensor([0, 1]), backend="nope"), ValueError, "backend must be"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD, ids=range(len(BAD)))
+def test_bad_inputs_raise(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_auto_picks_cpp_for_cpu_float():
+    cpu_dev = torch.device("cpu")
+    for op in _backend.OPS:
+        assert _backend.resolve(op, "auto", cpu_dev, torch.float32) == "cpp"
+        assert _backend.resolve(op, "auto", cpu_dev, torch.float64) == "cpp"
+        assert _backend.resolve(op, "auto", cpu_dev, torch.bfloat16) == "reference"
+    x = torch.randn(2, 6, 3, 3, requires_grad=True)
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.dtype) or t, lambda t: t):
+        ops.maxout(x, 3)  # "auto" -> the fused kernel, which saves a uint8 winner index
+    assert seen == [torch.uint8]
+
+
+# ------------------------------------------------------------------------------------ torch.compile
+def test_compile_fullgraph_small_model_matches_eager():
+    torch.manual_seed(0)
+    w1, b1 = (0.3 * torch.randn(8, 3, 3, 3)).requires_grad_(), torch.zeros(8, requires_grad=True)
+    wl, bl = (0.1 * torch.randn(20, 4 * 4 * 4)).requires_grad_(), torch.zeros(20, requires_grad=True)
+    wr = (0.3 * torch.randn(6, 4, 1, 1)).requires_grad_()
+    x, t, hint = torch.randn(5, 3, 8, 8), torch.randn(5, 10), torch.randn(5, 3, 4, 4)
+    y = torch.tensor([1, 2, 3, -100, 0])
+
+    def step(x):
+        h = ops.maxout_conv2d(x, w1, b1, 2, 2, 1)  # (5, 4, 4, 4)
+        logits = ops.maxout_linear(h.flatten(1), wl, bl, 2)
+        return ops.kd_loss(logits, t, y) + ops.hint_loss(h, hint, wr, None, 2) + ops.maxout(h, 2).sum()
+
+    params = [w1, b1, wl, bl, wr]
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss_c = compiled(x)
+    grads_c = torch.autograd.grad(loss_c, params)
+    loss_e = step(x)
+    grads_e = torch.autograd.grad(loss_e, params)
+    torch.testing.assert_close(loss_c, loss_e)
+    for gc, ge in zip(grads_c, grads_e):
+        torch.testing.assert_close(gc, ge)
+    assert math.isfinite(loss_c.item())
