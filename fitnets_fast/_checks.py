@@ -157,11 +157,11 @@ def labels(target: torch.Tensor, num_classes: int, ignore_index: int = -100) -> 
     """Check every label is in [0, num_classes) or equals ``ignore_index`` (skipped under torch.compile)."""
     if target.numel() == 0 or torch.compiler.is_compiling():
         return
-    valid = target[target != ignore_index]
-    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
+    low, high = (int(v) for v in torch.aminmax(target.masked_fill(target == ignore_index, 0)))
+    if low < 0 or high >= num_classes:
         raise ValueError(
             f"target values must be in [0, {num_classes}) or equal ignore_index={ignore_index}, "
-            f"got min {int(valid.min())} and max {int(valid.max())}"
+            f"got min {low} and max {high}"
         )
 
 

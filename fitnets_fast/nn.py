@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,20 @@ import torch.nn.functional as F
 
 from . import _backend, _checks, ops
 
-__all__ = ["MaxoutConv2d", "MaxoutLinear", "HintLoss", "KDLoss"]
+__all__ = ["MaxoutConv2d", "MaxoutLinear", "HintLoss", "KDLoss", "renorm_rows_"]
+
+
+@torch.no_grad()
+def renorm_rows_(weights: List[torch.Tensor], limits: List[float]) -> None:
+    """Max-norm projection in place: each row ``w[i]`` (one maxout piece's filter or column, all dims but
+    the first) of each weight is rescaled to L2 norm at most its limit; rows within the limit are unchanged.
+    Works for any memory format (channels_last included)."""
+    if not weights:
+        return
+    norms = [torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())), keepdim=True) for w in weights]
+    scale = torch._foreach_clamp_max(norms, limits)
+    torch._foreach_div_(scale, torch._foreach_clamp_min(norms, 1e-12))
+    torch._foreach_mul_(weights, scale)
 
 
 class _MaxoutParams(nn.Module):
@@ -56,14 +69,10 @@ class _MaxoutParams(nn.Module):
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
 
-    @torch.no_grad()
     def apply_max_norm(self) -> None:
         """Rescale each weight row to L2 norm <= max_norm (no-op when max_norm is None)."""
-        if self.max_norm is None:
-            return
-        rows = self.weight.view(self.weight.shape[0], -1)
-        norms = rows.norm(dim=1, keepdim=True)
-        rows.mul_(norms.clamp(max=self.max_norm) / norms.clamp(min=1e-12))
+        if self.max_norm is not None:
+            renorm_rows_([self.weight], [self.max_norm])
 
 
 class MaxoutConv2d(_MaxoutParams):

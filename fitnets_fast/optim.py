@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .nn import MaxoutConv2d, MaxoutLinear
+from .nn import MaxoutConv2d, MaxoutLinear, renorm_rows_
 
 __all__ = ["RMSProp", "Momentum", "MaxNorm", "param_groups", "maxout_layers"]
 
@@ -147,23 +147,18 @@ class Momentum(_ScaledOptimizer):
 class MaxNorm:
     """Max-norm projection over all constrained maxout layers of ``modules``, applied by ``apply()``.
 
-    Each weight ``(rows, ...)`` is viewed as ``(rows, fan_in)``; a row with L2 norm ``n > max_norm`` is
-    multiplied by ``max_norm / n`` (rows within the limit are unchanged, as ``_MaxoutParams.apply_max_norm``).
+    A weight row (one piece's filter or column) with L2 norm ``n > max_norm`` is multiplied by
+    ``max_norm / n``; rows within the limit are unchanged (``fitnets_fast.nn.renorm_rows_``, batched over
+    all layers with foreach ops).
     """
 
     def __init__(self, modules: Iterable[nn.Module]):
         layers = [m for m in maxout_layers(modules) if m.max_norm is not None]
-        self._rows = [m.weight.view(m.weight.shape[0], -1) for m in layers]
+        self._weights = [m.weight for m in layers]
         self._limits = [float(m.max_norm) for m in layers]
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._weights)
 
-    @torch.no_grad()
     def apply(self) -> None:
-        if not self._rows:
-            return
-        norms = [torch.linalg.vector_norm(r, dim=1, keepdim=True) for r in self._rows]
-        scale = torch._foreach_clamp_max(norms, self._limits)
-        torch._foreach_div_(scale, torch._foreach_clamp_min(norms, 1e-12))
-        torch._foreach_mul_(self._rows, scale)
+        renorm_rows_(self._weights, self._limits)

@@ -36,8 +36,8 @@ def test_tiny_run_goes_through_every_stage(tmp_path, monkeypatch):
     def checked_apply(self):
         real_apply(self)
         counts["projections"] += 1
-        for rows, limit in zip(self._rows, self._limits):
-            assert rows.norm(dim=1).max().item() <= limit * (1 + 1e-5)
+        for weight, limit in zip(self._weights, self._limits):
+            assert weight.flatten(1).norm(dim=1).max().item() <= limit * (1 + 1e-5)
 
     monkeypatch.setattr(optim.MaxNorm, "apply", checked_apply)
 
