@@ -68,7 +68,7 @@ def _backward(ctx, grad_loss, _grad_diff, _grad_piece):
     return grad_pre, grad_hint, (grad_bias if bias_grad else None), None
 
 
-hint_epilogue = _common.fused_op("fitnets_fast::hint_epilogue", _hint_epilogue, _hint_epilogue_fake, _setup_context,
+hint_epilogue = _common.fused_op("fitnets_fast_cpu::hint_epilogue", _hint_epilogue, _hint_epilogue_fake, _setup_context,
                                  _backward)
 
 

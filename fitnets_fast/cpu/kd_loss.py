@@ -68,7 +68,7 @@ def _kd_loss_teacher_grad_fake(student_logits, teacher_logits, stats, temperatur
     return _alloc.empty(student_logits.shape, dtype=student_logits.dtype, device=student_logits.device)
 
 
-kd_loss_teacher_grad = _common.fused_op("fitnets_fast::kd_loss_teacher_grad", _kd_loss_teacher_grad,
+kd_loss_teacher_grad = _common.fused_op("fitnets_fast_cpu::kd_loss_teacher_grad", _kd_loss_teacher_grad,
                                         _kd_loss_teacher_grad_fake)
 
 
@@ -89,7 +89,7 @@ def _backward(ctx, grad_loss, _grad_grad, _grad_stats):
     return (grad_s * scale if ctx.needs_input_grad[0] else None), grad_t, None, None, None, None, None, None
 
 
-kd_loss_fused = _common.fused_op("fitnets_fast::kd_loss", _kd_loss, _kd_loss_fake, _setup_context, _backward)
+kd_loss_fused = _common.fused_op("fitnets_fast_cpu::kd_loss", _kd_loss, _kd_loss_fake, _setup_context, _backward)
 
 
 def kd_loss_impl(student_logits, teacher_logits, target, temperature=3.0, lam=4.0, student_temperature=None,

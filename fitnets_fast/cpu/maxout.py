@@ -65,7 +65,7 @@ def _maxout_bias_backward_fake(grad_out, piece, scale, pieces, channels_last, bi
     return _backward_outputs(grad_out, pieces, channels_last, bias_grad)
 
 
-maxout_bias_backward = _common.fused_op("fitnets_fast::maxout_bias_backward", _maxout_bias_backward,
+maxout_bias_backward = _common.fused_op("fitnets_fast_cpu::maxout_bias_backward", _maxout_bias_backward,
                                         _maxout_bias_backward_fake)
 
 
@@ -92,7 +92,7 @@ def _backward(ctx, grad_out, _grad_piece):
     return grad_in, (grad_bias if bias_grad else None), None
 
 
-maxout_bias = _common.fused_op("fitnets_fast::maxout_bias", _maxout_bias, _maxout_bias_fake, _setup_context,
+maxout_bias = _common.fused_op("fitnets_fast_cpu::maxout_bias", _maxout_bias, _maxout_bias_fake, _setup_context,
                                _backward)
 
 

@@ -8,7 +8,7 @@ regressor output itself is never written. The loss is the sum of the partials (a
 float64 for float64 inputs).
 
 Backward: ``aten.convolution_backward`` on the saved pre-activation gradient, scaled by the incoming scalar
-gradient. Op: ``torch.library.triton_op`` ``fitnets_fast::hint_loss`` with ``register_autograd``.
+gradient. Op: ``torch.library.triton_op`` ``fitnets_fast_triton::hint_loss`` with ``register_autograd``.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _hint_loss_kernel(x_ptr, w_ptr, b_ptr, h_ptr, part_ptr, gpre_ptr, gh_ptr, in
         tl.store(gh_ptr + m64[:, None] * C_out + cols[None, :], (-d * inv_n).to(gh_ptr.dtype.element_ty), mask=ok)
 
 
-@triton_op("fitnets_fast::hint_loss", mutates_args={})
+@triton_op("fitnets_fast_triton::hint_loss", mutates_args={})
 def _hint_loss_op(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   pieces: int, padding: int, grad: bool, grad_hint: bool, allow_tf32: bool, block_m: int,
                   block_n: int, block_k: int, num_warps: int, fuse_pieces: bool

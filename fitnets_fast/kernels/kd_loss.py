@@ -17,7 +17,7 @@ Two tilings, one kernel: a tile of ``rows`` rows x ``block_k`` columns. When ``b
 is in registers and many rows share a program (small class counts, where one row per program would be
 launch-bound); otherwise the kernel loops over column blocks with an online softmax (pass 1: statistics,
 pass 2: gradients). Accumulation is float32 (float64 for float64 inputs). Registered as the
-``torch.library.triton_op`` ``fitnets_fast::kd_loss`` (torch.compile-safe), autograd via
+``torch.library.triton_op`` ``fitnets_fast_triton::kd_loss`` (torch.compile-safe), autograd via
 ``register_autograd``.
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, gs_ptr, gt_ptr, N, K, inv_t0, 
                              mask=out_ok & mask)
 
 
-@triton_op("fitnets_fast::kd_loss", mutates_args={})
+@triton_op("fitnets_fast_triton::kd_loss", mutates_args={})
 def _kd_loss_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                 temperature: float, student_temperature: float, weight: float, reduction: int, ignore_index: int,
                 grad_student: bool, grad_teacher: bool, rows: int, block_k: int, num_warps: int

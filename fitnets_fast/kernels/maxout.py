@@ -7,7 +7,7 @@ the output and a one-byte winning-piece index (only when a gradient will be need
 pass: the incoming gradient at the winner, 0 at the other pieces (no zero-fill launch).
 
 Tie rule (the reference's): the lowest piece index wins; a NaN piece wins over numbers (NaN propagates).
-Ops: ``torch.library.triton_op`` ``fitnets_fast::maxout`` / ``fitnets_fast::maxout_backward``, autograd via
+Ops: ``torch.library.triton_op`` ``fitnets_fast_triton::maxout`` / ``fitnets_fast_triton::maxout_backward``, autograd via
 ``register_autograd``.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _inner(x: torch.Tensor) -> int:
     return math.prod(x.shape[2:])
 
 
-@triton_op("fitnets_fast::maxout", mutates_args={})
+@triton_op("fitnets_fast_triton::maxout", mutates_args={})
 def _maxout_op(x: torch.Tensor, pieces: int, write_idx: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, C*pieces, *rest)`` contiguous -> (output ``(N, C, *rest)``, uint8 winner index or empty)."""
     shape = (x.shape[0], x.shape[1] // pieces) + tuple(x.shape[2:])
@@ -79,7 +79,7 @@ def _maxout_op(x: torch.Tensor, pieces: int, write_idx: bool) -> tuple[torch.Ten
     return y, idx
 
 
-@triton_op("fitnets_fast::maxout_backward", mutates_args={})
+@triton_op("fitnets_fast_triton::maxout_backward", mutates_args={})
 def maxout_backward(grad: torch.Tensor, idx: torch.Tensor, pieces: int) -> torch.Tensor:
     """Gradient of maxout: ``grad`` ``(outer, C, *rest)`` and its winner index -> ``(outer, C*pieces, *rest)``
     with ``grad`` at each winning piece and 0 elsewhere. ``grad`` must be contiguous."""

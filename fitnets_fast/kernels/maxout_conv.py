@@ -13,7 +13,7 @@ Backward: ``maxout.maxout_backward`` scatters the incoming gradient to the winne
 gradient, channels-last) and ``aten.convolution_backward`` does the rest. The tile helpers here are shared by
 ``maxout_linear`` (a 1x1 convolution on a 1x1 map) and ``hint_loss``.
 
-Op: ``torch.library.triton_op`` ``fitnets_fast::maxout_conv2d`` with ``register_autograd``.
+Op: ``torch.library.triton_op`` ``fitnets_fast_triton::maxout_conv2d`` with ``register_autograd``.
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def scatter_to_pieces(grad: torch.Tensor, idx: torch.Tensor, pieces: int) -> tor
     return grad if pieces == 1 else maxout_backward(grad, idx, pieces)
 
 
-@triton_op("fitnets_fast::maxout_conv2d", mutates_args={})
+@triton_op("fitnets_fast_triton::maxout_conv2d", mutates_args={})
 def _maxout_conv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
                       stride: int, padding: int, write_idx: bool, allow_tf32: bool, block_m: int, block_n: int,
                       block_k: int, num_warps: int, fuse_pieces: bool) -> tuple[torch.Tensor, torch.Tensor]:

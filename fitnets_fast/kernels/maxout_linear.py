@@ -3,7 +3,7 @@ bias + max-over-pieces epilogue), writing the ``(N, out_features)`` output and a
 
 Backward: the winners' scatter (``maxout.maxout_backward``) then two matmuls and a column sum. TF32 is used
 for float32 only when ``torch.backends.cuda.matmul.allow_tf32`` allows it, as for ``F.linear``.
-Op: ``torch.library.triton_op`` ``fitnets_fast::maxout_linear`` with ``register_autograd``.
+Op: ``torch.library.triton_op`` ``fitnets_fast_triton::maxout_linear`` with ``register_autograd``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _geometry(x: torch.Tensor, weight: torch.Tensor, pieces: int) -> ConvGeometr
     return ConvGeometry(x.shape[0], x.shape[1], 1, 1, weight.shape[0] // pieces, 1, 1, 1, 1, 1, 0)
 
 
-@triton_op("fitnets_fast::maxout_linear", mutates_args={})
+@triton_op("fitnets_fast_triton::maxout_linear", mutates_args={})
 def _maxout_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
                       write_idx: bool, allow_tf32: bool, block_m: int, block_n: int, block_k: int, num_warps: int,
                       fuse_pieces: bool) -> tuple[torch.Tensor, torch.Tensor]:
