@@ -1,6 +1,8 @@
-// Knowledge-distillation loss (FitNets stage 2): per row, one streaming pass gathers the softmax
-// statistics of the student (at temperatures 1 and T_s) and of the teacher (at T) with a blockwise online
-// softmax, so any class count works; a second pass over the (cache-resident) row writes dL/ds.
+// Knowledge-distillation loss (FitNets stage 2). The forward makes one streaming pass per row that gathers
+// the softmax statistics of the student (at temperatures 1 and T_s) and of the teacher (at T) with a
+// blockwise online softmax, so any class count works, and saves them per row; the backward makes one
+// streaming pass that writes dL/ds (times the incoming gradient) from them, so nothing K-wide is kept
+// between the two and the forward alone writes nothing K-wide.
 //
 // loss_i = hard_i + w * soft_i, hard_i = CE(y_i, softmax(s_i)) (0 if y_i == ignore_index),
 // soft_i = -sum_j softmax(t_i/T)_j * log_softmax(s_i/T_s)_j, w = lam * soft_scale.
@@ -9,7 +11,7 @@
 
 #include <algorithm>
 #include <limits>
-#include <vector>
+#include <type_traits>
 
 #include "common.h"
 
@@ -20,8 +22,10 @@ namespace {
 
 constexpr int64_t kRowBlock = 2048;
 
-// Saved per row (float64), in this order, for the teacher gradient.
-enum Stat { kMaxS = 0, kMeanS, kMaxT, kInvZt, kStats };  // kMeanS: sum_j softmax(t/T)_j (s_j - max s)
+// Saved per row (float64), in this order, for the gradients. kMeanS: sum_j softmax(t/T)_j (s_j - max s);
+// kInvZ1, kInvZs, kInvZt: 1 / sum_j exp(s_j - max s), 1 / sum_j exp((s_j - max s) / T_s),
+// 1 / sum_j exp((t_j - max t) / T).
+enum Stat { kMaxS = 0, kMeanS, kMaxT, kInvZt, kInvZ1, kInvZs, kStats };
 
 struct KdParams {
     int64_t N, K;
@@ -60,39 +64,98 @@ struct RowStats {
     Wide a = 0;    // sum_j exp((t_j - mt) / T) * (s_j - ref)
 };
 
-// Per-thread scratch of one row: the exponentials of the statistics pass, kept (L2-resident) so that the
-// gradient pass only rescales them instead of recomputing them. Block b's values are relative to the
-// running maxima when it was processed (block_ms[b], block_mt[b]; -inf: the maxima were still -inf).
-template <typename A, typename Wide>
-struct RowScratch {
-    std::vector<A> e1, es, et;  // exp(s - m), exp((s - m) / Ts), exp((t - m_t) / T)
-    std::vector<Wide> block_ms, block_mt;
-    explicit RowScratch(int64_t K)
-        : e1(K), es(K), et(K), block_ms((K + kRowBlock - 1) / kRowBlock), block_mt(block_ms.size()) {}
+// max_j x_j over n >= 1 values, NaNs ignored (-inf if all are NaN). Kept in one 64-byte vector of
+// independent running maxima (GCC/Clang vector extension) so that it vectorises: gcc will not turn a
+// NaN-aware scalar max into vmaxps, and a single running max is a serial dependency chain.
+template <typename T>
+T max_ignoring_nan(const T* x, int64_t n) {
+    typedef T Vec __attribute__((vector_size(64)));
+    constexpr int64_t kLanes = 64 / sizeof(T);
+    const T lowest = -std::numeric_limits<T>::infinity();
+    Vec m;
+    for (int64_t l = 0; l < kLanes; ++l) m[l] = lowest;
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+        Vec v;
+        std::memcpy(&v, x + j, sizeof v);
+        m = v > m ? v : m;
+    }
+    T best = lowest;
+    for (int64_t l = 0; l < kLanes; ++l) best = m[l] > best ? m[l] : best;
+    for (; j < n; ++j) best = x[j] > best ? x[j] : best;
+    return best;
+}
+
+template <typename T>
+struct BlockSums {
+    using S = typename Accumulate<T>::type;
+    S z1 = 0, zs = 0, zt = 0, acc = 0;
 };
 
-// exp((block max - final max) / temp), and 0 for a block whose max was -inf (its exponentials are 0).
-template <typename Wide>
-inline Wide block_factor(Wide block_max, Wide final_max, Wide temp) {
-    if (block_max == final_max) return Wide(1);
-    return block_max == -std::numeric_limits<Wide>::infinity() ? Wide(0) : std::exp((block_max - final_max) / temp);
+// Elements per partial sum kept in the element type before it is added in the wider type: one vector
+// lane then sums kSumChunk / 16 terms (float), a few ulps, and the widening is off the per-element path.
+constexpr int64_t kSumChunk = 256;
+
+// Student power P: with P >= 1 (float only, T_s == P exactly), exp(s - m) = exp((s - m) / T_s)^P is
+// taken from the T_s exponential by P - 1 multiplications (error ~P ulps, like the polynomial's own);
+// P = 0 evaluates it.
+template <int P, typename A>
+inline A student_exp1(A ds, A xs) {
+    if constexpr (P == 0) return exp_nonpos(ds);
+    else if constexpr (P == 1) return xs;
+    else if constexpr (P == 2) return xs * xs;
+    else if constexpr (P == 3) return xs * xs * xs;
+    else return (xs * xs) * (xs * xs);
+}
+
+// fn(std::integral_constant<int, power>{}) for power 0 to 4 (the student_exp1 variants), 0 for any other.
+template <typename Fn>
+decltype(auto) with_power(int power, Fn&& fn) {
+    switch (power) {
+        case 1: return fn(std::integral_constant<int, 1>{});
+        case 2: return fn(std::integral_constant<int, 2>{});
+        case 3: return fn(std::integral_constant<int, 3>{});
+        case 4: return fn(std::integral_constant<int, 4>{});
+        default: return fn(std::integral_constant<int, 0>{});
+    }
+}
+
+// Exponentials of one block of a row, relative to the given maxima, and their sums.
+template <typename T, typename A, int P>
+BlockSums<T> block_exps(const T* sb, const T* tb, int64_t len, A ms, A mt, A ref, A inv_t, A inv_ts, A tt, A ts) {
+    using S = typename BlockSums<T>::S;
+    BlockSums<T> out;
+    for (int64_t c0 = 0; c0 < len; c0 += kSumChunk) {
+        const int64_t c1 = std::min(len, c0 + kSumChunk);
+        A z1 = 0, zs = 0, zt = 0, acc = 0;
+#pragma omp simd reduction(+ : z1, zs, zt, acc)
+        for (int64_t j = c0; j < c1; ++j) {
+            const A ds = A(sb[j]) - ms;
+            const A xs = exp_nonpos(scaled(ds, ts, inv_ts));
+            const A xt = exp_nonpos(scaled(A(tb[j]) - mt, tt, inv_t));
+            z1 += student_exp1<P>(ds, xs);
+            zs += xs;
+            zt += xt;
+            acc += xt * (A(sb[j]) - ref);
+        }
+        out.z1 += S(z1);
+        out.zs += S(zs);
+        out.zt += S(zt);
+        out.acc += S(acc);
+    }
+    return out;
 }
 
 template <typename T, typename A, typename Wide>
-RowStats<Wide> row_stats(const T* s, const T* t, int64_t K, Wide temp, Wide temp_s, RowScratch<A, Wide>& sc) {
+RowStats<Wide> row_stats(const T* s, const T* t, int64_t K, Wide temp, Wide temp_s, int power) {
     RowStats<Wide> st;
     const Wide none = -std::numeric_limits<Wide>::infinity();
     const A inv_t = A(1 / temp), inv_ts = A(1 / temp_s), tt = A(temp), ts = A(temp_s);
-    for (int64_t j0 = 0, b = 0; j0 < K; j0 += kRowBlock, ++b) {
+    for (int64_t j0 = 0; j0 < K; j0 += kRowBlock) {
         const int64_t len = std::min(kRowBlock, K - j0);
         const T* sb = s + j0;
         const T* tb = t + j0;
-        T bms = -std::numeric_limits<T>::infinity(), bmt = bms;
-#pragma omp simd reduction(max : bms, bmt)
-        for (int64_t j = 0; j < len; ++j) {
-            bms = std::max(bms, sb[j]);
-            bmt = std::max(bmt, tb[j]);
-        }
+        const T bms = max_ignoring_nan(sb, len), bmt = max_ignoring_nan(tb, len);
         if (j0 == 0) st.ref = bms;
         if (bms > st.ms) {
             if (st.ms > none) {
@@ -110,88 +173,112 @@ RowStats<Wide> row_stats(const T* s, const T* t, int64_t K, Wide temp, Wide temp
             }
             st.mt = bmt;
         }
-        sc.block_ms[b] = st.ms;
-        sc.block_mt[b] = st.mt;
-        using S = typename Accumulate<T>::type;
         // While a maximum is still -inf every exponential is 0; shifting by 0 keeps them 0 (not NaN).
         const A ms = st.ms > none ? A(st.ms) : A(0), mt = st.mt > none ? A(st.mt) : A(0), ref = A(st.ref);
-        A* e1 = sc.e1.data() + j0;
-        A* es = sc.es.data() + j0;
-        A* et = sc.et.data() + j0;
-        S z1 = 0, zs = 0, zt = 0, acc = 0;
-#pragma omp simd reduction(+ : z1, zs, zt, acc)
-        for (int64_t j = 0; j < len; ++j) {
-            const A ds = A(sb[j]) - ms;
-            const A x1 = exp_nonpos(ds), xs = exp_nonpos(scaled(ds, ts, inv_ts));
-            const A xt = exp_nonpos(scaled(A(tb[j]) - mt, tt, inv_t));
-            e1[j] = x1;
-            es[j] = xs;
-            et[j] = xt;
-            z1 += S(x1);
-            zs += S(xs);
-            zt += S(xt);
-            acc += S(xt * (A(sb[j]) - ref));
-        }
-        st.z1 += z1;
-        st.zs += zs;
-        st.zt += zt;
-        st.a += acc;
+        const BlockSums<T> sums = with_power(power, [&](auto P) {
+            return block_exps<T, A, decltype(P)::value>(sb, tb, len, ms, mt, ref, inv_t, inv_ts, tt, ts);
+        });
+        st.z1 += sums.z1;
+        st.zs += sums.zs;
+        st.zt += sums.zt;
+        st.a += sums.acc;
     }
     return st;
 }
 
+// Power P for student_exp1: T_s itself for a float student temperature of exactly 1 to 4 (e.g. T_s = T = 3),
+// else 0 (evaluate exp(s - m)).
 template <typename T>
-double forward(const T* s, const T* t, const int64_t* y, const KdParams& p, T* loss_rows, T* grad, double* stats,
+int student_power(double temp_s) {
+    const bool small_int = temp_s >= 1 && temp_s <= 4 && temp_s == std::floor(temp_s);
+    return std::is_same<T, float>::value && small_int ? int(temp_s) : 0;
+}
+
+// dL/dloss_i for the hard and soft terms under the reduction ("none": 1, the per-row scale comes later).
+template <typename Wide>
+struct TermScales {
+    Wide hard, soft;
+    TermScales(const int64_t* y, const KdParams& p) {
+        int64_t labelled = 0;
+        for (int64_t i = 0; i < p.N; ++i) labelled += y[i] != p.ignore_index;
+        hard = p.reduction == 2 ? Wide(1) / Wide(std::max<int64_t>(labelled, 1)) : Wide(1);
+        soft = p.reduction == 2 ? Wide(p.w) / Wide(std::max<int64_t>(p.N, 1)) : Wide(p.w);
+    }
+};
+
+template <typename T>
+double forward(const T* s, const T* t, const int64_t* y, const KdParams& p, T* loss_rows, double* stats,
                int threads) {
     using A = typename Compute<T>::type;
     using Wide = typename Accumulate<T>::type;
     const int64_t N = p.N, K = p.K;
-    int64_t labelled = 0;
-    for (int64_t i = 0; i < N; ++i) labelled += y[i] != p.ignore_index;
-    // dL/dloss_i for the hard and soft terms under the reduction (per-row scaling for "none" is done later).
-    const Wide hard_scale = p.reduction == 2 ? Wide(1) / Wide(std::max<int64_t>(labelled, 1)) : Wide(1);
-    const Wide soft_scale = p.reduction == 2 ? Wide(p.w) / Wide(std::max<int64_t>(N, 1)) : Wide(p.w);
+    const TermScales<Wide> scales(y, p);
+    const int power = student_power<T>(p.Ts);
     double total = 0.0;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-        RowScratch<A, Wide> sc(K);
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < N; ++i) {
-            const T* si = s + i * K;
-            const RowStats<Wide> st = row_stats(si, t + i * K, K, Wide(p.T), Wide(p.Ts), sc);
-            const Wide log_z1 = std::log(st.z1), log_zs = std::log(st.zs);
-            const bool has_label = y[i] != p.ignore_index;
-            const Wide hard = has_label ? log_z1 - (Wide(si[y[i]]) - st.ms) : Wide(0);
-            const Wide mean_s = st.a / st.zt + (st.ref - st.ms);  // sum_j softmax(t/T)_j (s_j - ms)
-            const Wide soft = log_zs - mean_s / p.Ts;
-            double* row_stat = stats + i * kStats;
-            row_stat[kMaxS] = double(st.ms);
-            row_stat[kMeanS] = double(mean_s);
-            row_stat[kMaxT] = double(st.mt);
-            row_stat[kInvZt] = double(1 / st.zt);
-            if (p.reduction == 0) loss_rows[i] = T(hard + p.w * soft);
-            total += double(hard * hard_scale + soft * soft_scale);
-            // dL/ds_ij = hs * (softmax(s)_j - [j == y]) + ws / Ts * (softmax(s/Ts)_j - softmax(t/T)_j); each
-            // softmax is a kept exponential times a per-block factor (rescale to the final max, divide by Z).
-            const Wide hs = has_label ? hard_scale : Wide(0);
-            const Wide ws = soft_scale / p.Ts;
-            T* gi = grad + i * K;
-            for (int64_t j0 = 0, b = 0; j0 < K; j0 += kRowBlock, ++b) {
-                const int64_t len = std::min(kRowBlock, K - j0);
-                const A f1 = A(hs * block_factor(sc.block_ms[b], st.ms, Wide(1)) / st.z1);
-                const A fs = A(ws * block_factor(sc.block_ms[b], st.ms, Wide(p.Ts)) / st.zs);
-                const A ft = A(ws * block_factor(sc.block_mt[b], st.mt, Wide(p.T)) / st.zt);
-                const A* e1 = sc.e1.data() + j0;
-                const A* es = sc.es.data() + j0;
-                const A* et = sc.et.data() + j0;
-                T* g = gi + j0;
-#pragma omp simd
-                for (int64_t j = 0; j < len; ++j) g[j] = T(e1[j] * f1 + es[j] * fs - et[j] * ft);
-            }
-            if (has_label) gi[y[i]] = T(A(gi[y[i]]) - A(hs));
-        }
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
+    for (int64_t i = 0; i < N; ++i) {
+        const T* si = s + i * K;
+        const RowStats<Wide> st = row_stats<T, A, Wide>(si, t + i * K, K, Wide(p.T), Wide(p.Ts), power);
+        const Wide log_z1 = std::log(st.z1), log_zs = std::log(st.zs);
+        const bool has_label = y[i] != p.ignore_index;
+        const Wide hard = has_label ? log_z1 - (Wide(si[y[i]]) - st.ms) : Wide(0);
+        const Wide mean_s = st.a / st.zt + (st.ref - st.ms);  // sum_j softmax(t/T)_j (s_j - ms)
+        const Wide soft = log_zs - mean_s / p.Ts;
+        double* row_stat = stats + i * kStats;
+        row_stat[kMaxS] = double(st.ms);
+        row_stat[kMeanS] = double(mean_s);
+        row_stat[kMaxT] = double(st.mt);
+        row_stat[kInvZt] = double(1 / st.zt);
+        row_stat[kInvZ1] = double(1 / st.z1);
+        row_stat[kInvZs] = double(1 / st.zs);
+        if (p.reduction == 0) loss_rows[i] = T(hard + p.w * soft);
+        total += double(hard * scales.hard + soft * scales.soft);
     }
     return total;
+}
+
+// One row's dL/ds from its saved statistics, times c (the incoming gradient):
+// dL/ds_j = c * (hs * (softmax(s)_j - [j == y]) + ws / Ts * (softmax(s/Ts)_j - softmax(t/T)_j)).
+template <typename T, typename A, int P>
+void student_row_grad(const T* s, const T* t, A ms, A mt, A f1, A fs, A ft, A inv_t, A inv_ts, A tt, A ts, T* g,
+                      int64_t K) {
+#pragma omp simd
+    for (int64_t j = 0; j < K; ++j) {
+        const A ds = A(s[j]) - ms;
+        const A xs = exp_nonpos(scaled(ds, ts, inv_ts));
+        const A xt = exp_nonpos(scaled(A(t[j]) - mt, tt, inv_t));
+        g[j] = T(student_exp1<P>(ds, xs) * f1 + xs * fs - xt * ft);
+    }
+}
+
+// dL/ds (N, K) under the reduction, times grad_loss (one value, or one per row for "none").
+template <typename T>
+void student_grad(const T* s, const T* t, const int64_t* y, const double* stats, const T* grad_loss,
+                  const KdParams& p, T* grad, int threads) {
+    using A = typename Compute<T>::type;
+    using Wide = typename Accumulate<T>::type;
+    const int64_t N = p.N, K = p.K;
+    const TermScales<Wide> scales(y, p);
+    const int power = student_power<T>(p.Ts);
+    const Wide none = -std::numeric_limits<Wide>::infinity();
+    const A inv_t = A(1 / Wide(p.T)), inv_ts = A(1 / Wide(p.Ts)), tt = A(p.T), ts = A(p.Ts);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+        const double* st = stats + i * kStats;
+        const Wide c = Wide(p.reduction == 0 ? grad_loss[i] : grad_loss[0]);
+        const bool has_label = y[i] != p.ignore_index;
+        const Wide hs = has_label ? c * scales.hard : Wide(0), ws = c * scales.soft / p.Ts;
+        const A f1 = A(hs * st[kInvZ1]), fs = A(ws * st[kInvZs]), ft = A(ws * st[kInvZt]);
+        // A maximum of -inf (every logit -inf): shift by 0, as the forward did.
+        const A ms = Wide(st[kMaxS]) > none ? A(st[kMaxS]) : A(0), mt = Wide(st[kMaxT]) > none ? A(st[kMaxT]) : A(0);
+        const T* si = s + i * K;
+        const T* ti = t + i * K;
+        T* gi = grad + i * K;
+        with_power(power, [&](auto P) {
+            student_row_grad<T, A, decltype(P)::value>(si, ti, ms, mt, f1, fs, ft, inv_t, inv_ts, tt, ts, gi, K);
+        });
+        if (has_label) gi[y[i]] = T(A(gi[y[i]]) - A(hs));
+    }
 }
 
 // dL/dt_ij = -(ws / T) * p_j * (lsm_j + soft_i), p = softmax(t_i / T), lsm = log_softmax(s_i / Ts);
@@ -234,18 +321,33 @@ void register_kd_loss(py::module_& m) {
         "kd_forward",
         [](const std::string& dtype, std::uintptr_t s, std::uintptr_t t, std::uintptr_t y, int64_t N, int64_t K,
            double temp, double temp_s, double w, int64_t ignore_index, int reduction, std::uintptr_t loss_rows,
-           std::uintptr_t grad, std::uintptr_t stats, int threads) {
+           std::uintptr_t stats, int threads) {
             const KdParams p = params(N, K, temp, temp_s, w, ignore_index, reduction);
             return dispatch_float(dtype, [&](auto tag) {
                 using T = decltype(tag);
                 return forward<T>(ptr<const T>(s), ptr<const T>(t), ptr<const int64_t>(y), p, ptr<T>(loss_rows),
-                                  ptr<T>(grad), ptr<double>(stats), threads_for(N * K, threads));
+                                  ptr<double>(stats), threads_for(N * K, threads));
             });
         },
         py::call_guard<py::gil_scoped_release>(),
         "KD loss forward over contiguous (N, K) student s and teacher t logits and int64 targets y. Writes "
-        "grad = dL/ds (N, K) under the reduction (0 none: per-row dloss_i/ds_i; 1 sum; 2 mean), stats "
-        "(N, 4) float64 for teacher_grad, and for reduction 0 the per-row losses; returns the reduced loss.");
+        "stats (N, 6) float64 for kd_student_grad / kd_teacher_grad and, for reduction 0 (none; 1 sum, "
+        "2 mean), the per-row losses; returns the reduced loss.");
+    m.def(
+        "kd_student_grad",
+        [](const std::string& dtype, std::uintptr_t s, std::uintptr_t t, std::uintptr_t y, std::uintptr_t stats,
+           std::uintptr_t grad_loss, int64_t N, int64_t K, double temp, double temp_s, double w, int64_t ignore_index,
+           int reduction, std::uintptr_t grad, int threads) {
+            const KdParams p = params(N, K, temp, temp_s, w, ignore_index, reduction);
+            dispatch_float(dtype, [&](auto tag) {
+                using T = decltype(tag);
+                student_grad<T>(ptr<const T>(s), ptr<const T>(t), ptr<const int64_t>(y), ptr<const double>(stats),
+                                ptr<const T>(grad_loss), p, ptr<T>(grad), threads_for(N * K, threads));
+            });
+        },
+        py::call_guard<py::gil_scoped_release>(),
+        "dL/ds (N, K) of the KD loss under the reduction times grad_loss (N values for reduction 0, else one), "
+        "from the stats kd_forward saved.");
     m.def(
         "kd_teacher_grad",
         [](const std::string& dtype, std::uintptr_t s, std::uintptr_t t, std::uintptr_t stats, int64_t N, int64_t K,

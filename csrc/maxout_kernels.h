@@ -10,6 +10,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -98,17 +100,42 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
 }
 
 // One piece's gradient over a run of n outputs: out = scale * g where the winner is p, else 0; returns the sum.
+// Written with 64-byte GCC/Clang vectors (the tail through zero-padded copies): gcc's own vectorisation of
+// the select leaves runs shorter than its unrolled vector loop (e.g. 7x7 = 49) to a branchy scalar loop
+// that mispredicts on every random winner.
 template <typename T>
 inline T scatter_piece(const T* __restrict g, const uint8_t* __restrict w, uint8_t p, T scale, T* __restrict out,
                        int64_t n) {
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t s = 0; s < n; ++s) {
-        const T v = w[s] == p ? g[s] * scale : T(0);
-        out[s] = v;
+    constexpr int64_t kLanes = 64 / sizeof(T);
+    using Int = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+    typedef T Vec __attribute__((vector_size(64)));
+    typedef Int IntVec __attribute__((vector_size(64)));
+    typedef uint8_t ByteVec __attribute__((vector_size(kLanes)));
+    const Vec zero = {};
+    Vec sum = zero;
+    auto lanes = [&](const T* gs, const uint8_t* ws, T* os) {
+        Vec gv;
+        ByteVec wv;
+        std::memcpy(&gv, gs, sizeof gv);
+        std::memcpy(&wv, ws, sizeof wv);
+        const Vec v = __builtin_convertvector(wv, IntVec) == Int(p) ? gv * scale : zero;
+        std::memcpy(os, &v, sizeof v);
         sum += v;
+    };
+    int64_t s = 0;
+    for (; s + kLanes <= n; s += kLanes) lanes(g + s, w + s, out + s);
+    if (s < n) {
+        T gt[kLanes] = {}, ot[kLanes];
+        uint8_t wt[kLanes];
+        std::fill(wt, wt + kLanes, uint8_t(p + 1));  // never the winner: padding stays 0
+        std::copy(g + s, g + n, gt);
+        std::copy(w + s, w + n, wt);
+        lanes(gt, wt, ot);
+        std::copy(ot, ot + (n - s), out + s);
     }
-    return sum;
+    T total = 0;
+    for (int64_t l = 0; l < kLanes; ++l) total += sum[l];
+    return total;
 }
 
 // Backward of maxout with bias: grad_in (M, C, K, S) gets scale * grad_out at each output's winning
@@ -122,6 +149,7 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, T scale, T* grad_i
         if (want_bias) std::fill(grad_bias, grad_bias + C * K, T(0));
         return;
     }
+    advise_huge_pages(grad_in, sh.outputs() * K * sizeof(T));
     std::vector<double> partial(want_bias ? size_t(threads) * C * K : 0, 0.0);
     if (S > 1) {
         const int64_t rows = sh.M * C;

@@ -216,6 +216,17 @@ def test_kd_loss(n, k, reduction, dtype):
     _check("kd_loss", (_r(n, k), _r(n, k), y, 3.0, 4.0, 1.0, 1.0, reduction), dtype, KD_NAMES)
 
 
+@pytest.mark.parametrize("student_temperature", [2.0, 4.0, 1.5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kd_loss_student_temperatures(student_temperature, dtype):
+    """Integer student temperatures take the kernel's shared-exponential path (exp(s-m) as a power of
+    exp((s-m)/T_s)); other values the general one."""
+    y = torch.tensor([0, 6, 3, -100, 2])
+    for reduction in ["mean", "none"]:
+        _check("kd_loss", (_r(5, 7) * 4, _r(5, 7) * 4, y, 3.0, 4.0, student_temperature, 1.0, reduction), dtype,
+               KD_NAMES)
+
+
 def _rising_rows(k):
     """Rows whose student max rises block after block (teacher's falls): every block rescales the sums."""
     s = torch.linspace(-30, 30, k, dtype=D).repeat(3, 1) + 0.1 * _r(3, k)
