@@ -5,6 +5,8 @@ Examples::
     fitnets-fast train                                   # the digits preset: teacher, backprop, KD, FitNets
     fitnets-fast train --preset cifar10 --data-dir data --set student=fitnet1 --set max_epochs=100
     fitnets-fast train --resume runs/digits-20260101-120000
+    torchrun --nproc_per_node 2 -m fitnets_fast train --preset cifar10 --data-dir data   # 2 processes (DDP)
+    torchrun --nproc_per_node 2 --no-python fitnets-fast train --preset cifar10 --data-dir data
     fitnets-fast eval runs/digits-20260101-120000/models/fitnets.pt
     fitnets-fast info
 """
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from .config import parse_overrides
+    from .distributed import DistributedFailure, is_main_process
     from .run_files import CheckpointError, format_table
     from .trainer import TrainingDiverged, default_out_dir, train
 
@@ -61,9 +64,11 @@ def _train(args) -> int:
         print(f"\ninterrupted: the last checkpoint is intact; continue with "
               f"`fitnets-fast train --resume {run_dir}`", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, CheckpointError, TrainingDiverged, FileNotFoundError) as exc:
+    except (ValueError, TypeError, CheckpointError, TrainingDiverged, FileNotFoundError, DistributedFailure) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if not is_main_process():   # torchrun: rank 0 alone prints the table
+        return 0
     if args.quiet:  # train() prints the table itself unless quiet
         print(format_table(summary))
     print(f"run folder: {summary['run_dir']}")

@@ -83,6 +83,11 @@ class Config:
     speed_batch_size: int = 500               # Table 5 timing batch; lowered to a divisor of the test size
     speed_repeats: int = 5
     log_every: int = 10                       # batches between progress-bar refreshes (each one syncs)
+    # speed and scale-out (``torchrun --nproc_per_node N``: see fitnets_fast.distributed)
+    amp: str = "none"                         # "none", "bf16" (autocast) or "fp16" (autocast + grad scaler); for CUDA
+    channels_last: bool = False               # NHWC image batches (so NHWC convolutions); weights stay NCHW
+    compile: bool = False                     # torch.compile the student's forward in the ce and kd stages
+    dist_timeout: float = 1800.0              # seconds a process waits for the others (start-up, each collective)
 
     def validate(self) -> "Config":
         """Check values; raises ``ValueError`` naming the field. Returns ``self``."""
@@ -96,7 +101,8 @@ class Config:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {v!r}")
-        for name in ("teacher_lr", "lr", "rms_floor", "temperature", "pretrained_lr_scale", "teacher_lr_min"):
+        for name in ("teacher_lr", "lr", "rms_floor", "temperature", "pretrained_lr_scale", "teacher_lr_min",
+                     "dist_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.student_temperature is not None and not self.student_temperature > 0:
@@ -104,6 +110,8 @@ class Config:
         if self.teacher_lr_schedule not in ("linear", "exponential", "constant"):
             raise ValueError("teacher_lr_schedule must be 'linear', 'exponential' or 'constant', "
                              f"got {self.teacher_lr_schedule!r}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.augment not in (None, "window_and_flip"):
             raise ValueError(f"augment must be None or 'window_and_flip', got {self.augment!r}")
         bad = [s for s in self.students if s not in STUDENT_METHODS]

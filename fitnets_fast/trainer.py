@@ -25,6 +25,14 @@ counter) is written atomically to ``checkpoints/last.pt``; ``train(resume=RUN_DI
 ends with exactly the metrics and weights of an uninterrupted run (same device, CPU deterministic).
 Data stay on the device for the whole run; with ``cache_teacher`` and no augmentation the frozen teacher's
 logits and hint maps are computed once per split.
+
+Under ``torchrun --nproc_per_node N`` the trained modules of each stage run in DistributedDataParallel
+(``fitnets_fast.distributed``): every process draws the same global batches and trains on its shard of each,
+the frozen teacher runs on every process without gradients, training metrics are all-reduced, and only rank
+0 writes files and shows progress bars. The saved state does not depend on N, so a run resumes with any
+number of processes. ``amp`` (bf16 autocast, or fp16 autocast with a grad scaler; meant for CUDA),
+``channels_last`` and ``compile`` (``torch.compile`` of the student's forward) are settings recorded in the
+run config.
 """
 from __future__ import annotations
 
@@ -32,8 +40,10 @@ import math
 import statistics
 import time
 import zlib
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -44,6 +54,7 @@ from tqdm.auto import tqdm
 
 from . import models as _models
 from .config import Config, make_config
+from .distributed import World, launch
 from .nn import KDLoss
 from .optim import MaxNorm, Momentum, RMSProp, param_groups
 from .run_files import RunDir, format_table, load_model_file, save_model
@@ -103,10 +114,15 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch:
 
 
 @torch.no_grad()
-def _accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> Tuple[float, float]:
-    """``(accuracy, mean cross-entropy)`` of ``model`` in eval mode over ``(x, y)``."""
+def _accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int,
+                       world: World = World()) -> Tuple[float, float]:
+    """``(accuracy, mean cross-entropy)`` of ``model`` in eval mode over ``(x, y)``; each process of ``world``
+    evaluates its share of the rows and the sums are all-reduced."""
     was_training = model.training
     model.eval()
+    n = max(x.shape[0], 1)
+    rows = world.rows(x.shape[0])
+    x, y = x[rows], y[rows]
     correct = torch.zeros((), device=x.device)
     loss = torch.zeros((), device=x.device)
     for i in range(0, x.shape[0], batch):
@@ -115,8 +131,8 @@ def _accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch
         loss += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     model.train(was_training)
-    n = max(x.shape[0], 1)
-    return correct.item() / n, loss.item() / n
+    correct, loss = world.sum([correct, loss]).tolist()
+    return correct / n, loss / n
 
 
 @torch.no_grad()
@@ -145,7 +161,9 @@ class _Stage:
     """What one task trains: ``model`` (the teacher or the student), ``modules`` (the trained modules by
     checkpoint name: "teacher", "student", "regressor"), the optimizer and max-norm projection over the
     trained layers, the stopping limits, and per-stage extras (the hint regressor, the guided-layer
-    capture of the one-stage recipe, the KD loss whose ``lam`` the schedule sets)."""
+    capture of the one-stage recipe, the KD loss whose ``lam`` the schedule sets). ``trained``: the modules
+    whose parameters the optimizer updates; ``forward(xb, ids)``: the training loss ``(loss, logits or
+    None)`` through them (DistributedDataParallel under torchrun), set by ``_Trainer._run_task``."""
 
     row: str
     stage: str
@@ -158,6 +176,21 @@ class _Stage:
     regressor: Optional[nn.Module] = None
     capture: Optional["_GuidedCapture"] = None
     kd: Optional[KDLoss] = None
+    trained: List[nn.Module] = field(default_factory=list)
+    forward: Optional[Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]] = None
+
+
+class _TrainStep(nn.Module):
+    """A stage's trained modules as one module whose ``forward(xb, ids)`` is ``loss_fn(xb, ids)``: the unit
+    DistributedDataParallel wraps (it averages the gradients of exactly these parameters)."""
+
+    def __init__(self, trained: List[nn.Module], loss_fn: Callable):
+        super().__init__()
+        self.trained = nn.ModuleList(trained)
+        self.loss_fn = loss_fn
+
+    def forward(self, xb: torch.Tensor, ids: torch.Tensor):
+        return self.loss_fn(xb, ids)
 
 
 class _GuidedCapture:
@@ -187,17 +220,29 @@ class _Trainer:
     """One run: data on the device, the teacher, the task list and the state saved after each epoch."""
 
     def __init__(self, cfg: Config, run: RunDir, data_dir: Optional[str], quiet: bool,
-                 callback: Optional[Callable[[Dict[str, Any]], None]]):
+                 callback: Optional[Callable[[Dict[str, Any]], None]], world: World):
         from . import data as _data
 
-        self.cfg, self.run, self.quiet, self.callback = cfg, run, quiet, callback
-        self.device = resolve_device(cfg.device)
+        self.cfg, self.run, self.callback, self.world = cfg, run, callback, world
+        self.quiet = quiet or not world.is_main
+        self.device = world.device(resolve_device(cfg.device))
+        world.local_batch_size(cfg.batch_size)
+        self.autocast = (partial(torch.autocast, self.device.type,
+                                 dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+                         if cfg.amp != "none" else nullcontext)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         prepared = _data.prepare(cfg.dataset, data_dir, validation=cfg.validation,
                                  preprocessing=cfg.preprocessing, device=self.device, **cfg.dataset_options)
         self.prepared = prepared
         self.x_train, self.y_train = prepared.train
         self.valid = prepared.valid
         self.x_test, self.y_test = prepared.test
+        if cfg.channels_last:   # evaluation slices stay NHWC; training batches are converted as they are cut
+            self.x_train, self.x_test = (x.contiguous(memory_format=self.memory_format)
+                                         for x in (self.x_train, self.x_test))
+            if self.valid is not None:
+                self.valid = (self.valid[0].contiguous(memory_format=self.memory_format), self.valid[1])
         self.num_classes = len(prepared.classes)
         self.augment = None
         if cfg.augment == "window_and_flip":
@@ -268,28 +313,33 @@ class _Trainer:
             model = self.teacher
             return _Stage(row, stage, model, {"teacher": model},
                           Momentum(param_groups([(model, 1.0)]), lr=cfg.teacher_lr, momentum=cfg.teacher_momentum),
-                          MaxNorm([model]), cfg.teacher_max_epochs, cfg.teacher_patience)
+                          MaxNorm([model]), cfg.teacher_max_epochs, cfg.teacher_patience, trained=[model])
         student = self.student
         g = self.guided_layer
-        s = _Stage(row, stage, student, {"student": student}, None, MaxNorm([student]), cfg.max_epochs, cfg.patience)
+        s = _Stage(row, stage, student, {"student": student}, None, MaxNorm([student]), cfg.max_epochs, cfg.patience,
+                   trained=[student])
         if stage == "hints":
             reg = _models.build_regressor(self.teacher.layer_output_shape(self.hint_layer),
                                           student.layer_output_shape(g), self.teacher.layers[self.hint_layer].pieces,
                                           backend=cfg.backend).to(self.device)
             s.regressor = s.modules["regressor"] = reg
-            trained = [student.layers[i] for i in range(g + 1)] + [reg]
-            groups = param_groups([(m, 1.0) for m in trained])
-            s.max_norm = MaxNorm(trained)
+            s.trained = [student.layers[i] for i in range(g + 1)] + [reg]
+            groups = param_groups([(m, 1.0) for m in s.trained])
+            s.max_norm = MaxNorm(s.trained)
             s.max_epochs, s.patience = cfg.hint_max_epochs, cfg.hint_patience
         elif stage == "onestage":
-            reg = _conv_regressor(self.teacher.layer_output_shape(self.hint_layer),
-                                  student.layer_output_shape(g)).to(self.device)
-            s.regressor = s.modules["regressor"] = reg
+            reg = _conv_regressor(self.teacher.layer_output_shape(self.hint_layer), student.layer_output_shape(g))
+            if self.world.distributed and self.device.type == "cuda":   # BatchNorm statistics of the global batch
+                reg = nn.SyncBatchNorm.convert_sync_batchnorm(reg)      # (CPU: of each process's shard)
+            s.regressor = s.modules["regressor"] = reg = reg.to(self.device)
+            s.trained.append(reg)
             s.capture = _GuidedCapture(student.layers[g])
             groups = param_groups([(student, 1.0), (reg, 1.0)])
         else:
             pre = cfg.pretrained_lr_scale if row == "fitnets" else 1.0
             groups = param_groups([(layer, pre if i <= g else 1.0) for i, layer in enumerate(student.layers)])
+        if cfg.compile and stage in ("ce", "kd"):   # hints (forward_to) and onestage (a forward hook) run eagerly
+            student.compile()
         if stage == "kd":
             s.kd = KDLoss(cfg.temperature, cfg.lambda_init, cfg.student_temperature,
                           soft_scale=cfg.temperature ** 2 if cfg.tau_squared else 1.0, backend=cfg.backend)
@@ -341,13 +391,15 @@ class _Trainer:
         student, reg = s.model, s.regressor
         student.eval()
         total = 0.0
-        hints = self._teacher_out("valid", self.hint_layer, x, None) if self.cfg.cache_teacher else None
-        for i in range(0, x.shape[0], self.cfg.eval_batch_size):
-            xb = x[i:i + self.cfg.eval_batch_size]
+        rows = self.world.rows(x.shape[0])   # this process's share, the sums all-reduced
+        hints = self._teacher_out("valid", self.hint_layer, x, None)[rows] if self.cfg.cache_teacher else None
+        mine = x[rows]
+        for i in range(0, mine.shape[0], self.cfg.eval_batch_size):
+            xb = mine[i:i + self.cfg.eval_batch_size]
             hb = hints[i:i + xb.shape[0]] if hints is not None else self._teacher_out("valid", self.hint_layer, xb, None)
             total += reg(student.forward_to(xb, self.guided_layer), hb).item() * xb.shape[0]
         student.train()
-        return total / x.shape[0]
+        return self.world.sum([torch.tensor(total, device=self.device)]).item() / x.shape[0]
 
     def _train_epoch(self, s: _Stage, epoch: int, updates: int) -> Tuple[float, Optional[float], int]:
         """One epoch over the training batches; returns ``(mean loss, accuracy or None, updates)``."""
@@ -357,32 +409,37 @@ class _Trainer:
             s.regressor.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        seen = 0
+        seen = 0     # rows of the global batches so far (each process trains on its shard of every batch)
         exponential = s.stage == "teacher" and cfg.teacher_lr_schedule == "exponential"
+        if self.world.distributed:   # dropout masks: independent per process, reproducible per (stage, epoch)
+            torch.manual_seed(_seed(cfg.seed, s.row, s.stage, epoch, "rank", self.world.rank))
         bar = tqdm(total=len(self.batches), desc=f"  epoch {epoch}", leave=False, disable=self.quiet)
-        for b, (xb, ids) in enumerate(self.batches.epoch(epoch)):
+        for b, (xb, ids) in enumerate(self.world.shard(self.batches.epoch(epoch))):
             if exponential:
                 opt.set_lr(exponential_decay(updates, cfg.teacher_lr, cfg.teacher_lr_decay_factor, cfg.teacher_lr_min))
-            loss, logits = self._loss(s, xb, ids)
+            with self.autocast():
+                loss, logits = s.forward(xb.contiguous(memory_format=self.memory_format), ids)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
             s.max_norm.apply()
             updates += 1
-            n = xb.shape[0]
-            seen += n
-            loss_sum += loss.detach() * n
+            seen += xb.shape[0] * self.world.size
+            loss_sum += loss.detach().float() * xb.shape[0]
             if logits is not None:
                 correct += (logits.detach().argmax(1) == self.y_train[ids]).sum()
             if (b + 1) % cfg.log_every == 0 or b + 1 == len(self.batches):
-                mean = loss_sum.item() / seen
-                self._check_finite(mean, s, epoch, b)
-                bar.set_postfix(loss=f"{mean:.4g}", acc=f"{correct.item() / seen:.3f}" if logits is not None else "-")
+                total_loss, total_correct = self.world.sum([loss_sum, correct]).tolist()
+                self._check_finite(total_loss / seen, s, epoch, b)
+                bar.set_postfix(loss=f"{total_loss / seen:.4g}",
+                                acc=f"{total_correct / seen:.3f}" if logits is not None else "-")
             bar.update(1)
         bar.close()
-        mean = loss_sum.item() / max(seen, 1)
+        total_loss, total_correct = self.world.sum([loss_sum, correct]).tolist()
+        mean = total_loss / max(seen, 1)
         self._check_finite(mean, s, epoch, len(self.batches) - 1)
-        return mean, (correct.item() / seen if s.stage != "hints" else None), updates
+        return mean, (total_correct / seen if s.stage != "hints" else None), updates
 
     @staticmethod
     def _check_finite(value: float, s: _Stage, epoch: int, batch: int) -> None:
@@ -401,9 +458,9 @@ class _Trainer:
             return out
         model = s.model
         if self.valid is not None:
-            out["valid_acc"], out["valid_loss"] = _accuracy_and_loss(model, *self.valid, bs)
+            out["valid_acc"], out["valid_loss"] = _accuracy_and_loss(model, *self.valid, bs, self.world)
             out["monitor"] = 1.0 - out["valid_acc"]
-        out["test_acc"] = _accuracy_and_loss(model, self.x_test, self.y_test, bs)[0]
+        out["test_acc"] = _accuracy_and_loss(model, self.x_test, self.y_test, bs, self.world)[0]
         return out
 
     # -- checkpoints ----------------------------------------------------------------------------------
@@ -414,9 +471,11 @@ class _Trainer:
                 "regressor": None if s is None or s.regressor is None else s.regressor.state_dict(),
                 "optimizer": None if s is None else s.optimizer.state_dict(),
                 "progress": progress, "rng": _rng_state(), "results": self.results,
-                "n_metrics": self.n_metrics, "train_seconds": self.train_seconds}
+                "n_metrics": self.n_metrics, "train_seconds": self.train_seconds, "scaler": self.scaler.state_dict()}
 
     def _save(self, task: int, epoch: int, s, progress, improved: bool = False) -> None:
+        if not self.world.is_main:
+            return
         best = {"task": task, "epoch": progress["best_epoch"], "state": progress["best_state"]} if improved else None
         self.run.save_checkpoint(self._state(task, epoch, s, progress), best)
 
@@ -443,6 +502,7 @@ class _Trainer:
             progress = {"best_value": None, "best_epoch": 0, "bad_epochs": 0, "updates": 0, "best_state": None,
                         "records": []}
             epoch = 0
+        s.forward = self.world.wrap(_TrainStep(s.trained, partial(self._loss, s)), self.device)
         records = progress["records"]
         bar = tqdm(total=s.max_epochs, initial=epoch, desc=f"{row}/{stage}", disable=self.quiet)
         try:
@@ -464,7 +524,8 @@ class _Trainer:
                 record = {"row": row, "stage": stage, "epoch": epoch, **sched, "train_loss": train_loss,
                           "train_acc": train_acc, **ev, "best": improved, "seconds": round(seconds, 4)}
                 records.append({k: record[k] for k in ("epoch", "test_acc", "valid_acc", "valid_loss")})
-                self.run.append_metrics(record)
+                if self.world.is_main:
+                    self.run.append_metrics(record)
                 self.n_metrics += 1
                 self._save(task, epoch, s, progress, improved)
                 bar.update(1)
@@ -475,6 +536,7 @@ class _Trainer:
             bar.close()
             if s.capture is not None:
                 s.capture.remove()
+            s.forward = None   # frees the DDP wrapper and its gradient hooks before a later stage wraps these layers
         for name, module in s.modules.items():
             module.load_state_dict(progress["best_state"][name])
         self._finish_stage(s, epoch, progress)
@@ -497,23 +559,25 @@ class _Trainer:
         if stage == "hints":
             return
         entry.update({k: stage_result[k] for k in ("test_acc_best", "test_acc_last", "best_epoch", "epochs")})
-        save_model(self.run.model_path(row), model_name=self.cfg.student, model_options=self.cfg.student_options,
-                   num_classes=self.num_classes, state_dict=self.student.state_dict(), data=self._data_info(),
-                   role=row)
+        if self.world.is_main:
+            save_model(self.run.model_path(row), model_name=self.cfg.student,
+                       model_options=self.cfg.student_options, num_classes=self.num_classes,
+                       state_dict=self.student.state_dict(), data=self._data_info(), role=row)
 
     def _finish_teacher_row(self, stage_result: Optional[Dict[str, Any]] = None) -> None:
         """Freeze the teacher, record its row (evaluated here when it was loaded) and save it."""
         self._freeze_teacher()
         if stage_result is None:
-            acc = _accuracy_and_loss(self.teacher, self.x_test, self.y_test, self.cfg.eval_batch_size)[0]
+            acc = _accuracy_and_loss(self.teacher, self.x_test, self.y_test, self.cfg.eval_batch_size, self.world)[0]
             stage_result = {"epochs": 0, "best_epoch": 0, "test_acc_best": acc, "test_acc_last": acc,
                             "loaded_from": str(self.cfg.teacher_checkpoint)}
         self.results["teacher"] = {"row": "teacher", "model": self.cfg.teacher, "stages": {"teacher": stage_result},
                                    **{k: stage_result[k] for k in ("test_acc_best", "test_acc_last", "best_epoch",
                                                                    "epochs")}}
-        save_model(self.run.model_path("teacher"), model_name=self.cfg.teacher, model_options=self.cfg.teacher_options,
-                   num_classes=self.num_classes, state_dict=self.teacher.state_dict(), data=self._data_info(),
-                   role="teacher")
+        if self.world.is_main:
+            save_model(self.run.model_path("teacher"), model_name=self.cfg.teacher,
+                       model_options=self.cfg.teacher_options, num_classes=self.num_classes,
+                       state_dict=self.teacher.state_dict(), data=self._data_info(), role="teacher")
 
     def _load_teacher(self, path: str) -> None:
         info = load_model_file(Path(path))
@@ -544,8 +608,8 @@ class _Trainer:
 
     def start(self, data_dir: Optional[str]) -> None:
         self.run.write_json(self.run.config_path, {"config": self.cfg.to_dict(), "data_dir": data_dir,
-                                                   "device": str(self.device), "models": self._model_settings(),
-                                                   "data": self.prepared.describe})
+                                                   "device": str(self.device), "world_size": self.world.size,
+                                                   "models": self._model_settings(), "data": self.prepared.describe})
 
     def execute(self, ck: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         first = 0
@@ -553,7 +617,10 @@ class _Trainer:
             first = ck["task"]
             self.results, self.n_metrics = ck["results"], ck["n_metrics"]
             self.train_seconds = ck["train_seconds"]
-            self.run.truncate_metrics(self.n_metrics)
+            if ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
+            if self.world.is_main:
+                self.run.truncate_metrics(self.n_metrics)
             self.teacher.load_state_dict(ck["teacher"])
             if first > 0:
                 self._freeze_teacher()
@@ -582,6 +649,7 @@ class _Trainer:
             r["speedup"] = t_teacher / r["inference_s"]
             rows.append(r)
         summary = {"preset": cfg.preset, "run_dir": str(self.run.path), "device": str(self.device),
+                   "world_size": self.world.size,
                    "dataset": cfg.dataset, "data": self.prepared.describe, "teacher": cfg.teacher,
                    "student": cfg.student, "choices": cfg.choices,
                    "rows": rows, "train_seconds": round(self.train_seconds, 2),
@@ -590,8 +658,9 @@ class _Trainer:
                    "files": {"config": str(self.run.config_path), "metrics": str(self.run.metrics_path),
                              "plot": str(self.run.plot_path), "summary": str(self.run.summary_path),
                              "models": {r["row"]: str(self.run.model_path(r["row"])) for r in rows}}}
-        self.run.write_json(self.run.summary_path, summary)
-        self.run.plot(self.run.read_metrics())
+        if self.world.is_main:
+            self.run.write_json(self.run.summary_path, summary)
+            self.run.plot(self.run.read_metrics())
         return summary
 
 
@@ -613,6 +682,12 @@ def train(preset: str = "digits", out_dir: Optional[str] = None, data_dir: Optio
     ``data_dir`` may). ``quiet``: no progress bars. ``callback(record)``: called after each epoch's
     checkpoint with that epoch's metrics record. Raises ``TrainingDiverged`` on a NaN/inf loss and
     ``CheckpointError`` when a resume checkpoint is missing or corrupt.
+
+    Launched by torchrun (``RANK``, ``WORLD_SIZE``, ... set), every process calls this with the same
+    arguments; ``batch_size`` is the global batch (a multiple of the number of processes, else
+    ``ValueError``), ``callback`` runs on every process, rank 0 alone writes the run folder and prints, and
+    a lost process makes the others raise ``fitnets_fast.distributed.DistributedFailure`` (at the latest
+    after ``dist_timeout`` seconds).
     """
     if resume is not None:
         if overrides:
@@ -634,13 +709,15 @@ def train(preset: str = "digits", out_dir: Optional[str] = None, data_dir: Optio
     try:
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
-        trainer = _Trainer(cfg, run, data_dir, quiet, callback)
-        if ck is None:
-            trainer.start(data_dir)
-        summary = trainer.execute(ck)
+        with launch(resolve_device(cfg.device), cfg.dist_timeout) as world, world.guard():
+            world.barrier()   # every process has read the run folder before rank 0 writes to it
+            trainer = _Trainer(cfg, run, data_dir, quiet, callback, world)
+            if ck is None and world.is_main:
+                trainer.start(data_dir)
+            summary = trainer.execute(ck)
     finally:
         torch.set_num_threads(threads)
-    if not quiet:
+    if not quiet and world.is_main:
         print(format_table(summary))
     return summary
 
