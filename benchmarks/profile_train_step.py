@@ -1,0 +1,64 @@
+"""Where a training step's CPU time goes: convolutions vs the fused ops vs the rest.
+
+    python benchmarks/profile_train_step.py [MODEL] [--steps N]
+
+Builds ``fitnets_fast.models.build(MODEL)`` (default fitnet1), runs warm-up steps of cross-entropy +
+pylearn2 RMSProp + max-norm at batch 128 on random CIFAR-shaped data, then profiles ``--steps`` steps with
+``torch.profiler`` and prints each group's share of self CPU time (issue 5 asks that everything but the
+convolutions stay under 15%).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from fitnets_fast import models
+from fitnets_fast.optim import MaxNorm, RMSProp, param_groups
+
+GROUPS = (("convolution", ("conv", "mkldnn")), ("fused maxout", ("maxout",)), ("max-pool", ("max_pool",)))
+
+
+def group_of(op_name: str) -> str:
+    for group, needles in GROUPS:
+        if any(n in op_name for n in needles):
+            return group
+    return "everything else (optimizer, max-norm, loss, glue)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", default="fitnet1")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = models.build(args.model)
+    optimizer = RMSProp(param_groups([(model, 1.0)]), lr=0.005)
+    max_norm = MaxNorm([model])
+    x, y = torch.randn(128, *model.input_shape), torch.randint(0, model.num_classes, (128,))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        max_norm.apply()
+
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    shares: dict = {}
+    for e in events:
+        shares[group_of(e.key)] = shares.get(group_of(e.key), 0) + e.self_cpu_time_total
+    print(f"{args.model}, batch 128, {torch.get_num_threads()} threads, {total / args.steps / 1e3:.1f} ms/step")
+    for group, t in sorted(shares.items(), key=lambda kv: -kv[1]):
+        print(f"  {group:50s} {100 * t / total:5.1f}%  {t / args.steps / 1e3:8.1f} ms/step")
+
+
+if __name__ == "__main__":
+    main()
