@@ -1,6 +1,6 @@
 """Which implementation runs an op: the plain-PyTorch reference, the C++ CPU kernels or the Triton kernels.
 
-A backend is a module exposing ``<op>_impl`` functions with the signatures of ``fitnets_fast.reference``:
+A backend is a module (unavailable if it cannot be imported) exposing ``<op>_impl`` functions with the signatures of ``fitnets_fast.reference``:
 
 * ``"reference"``: ``fitnets_fast.reference`` (always available, any device and dtype);
 * ``"cpp"``: ``fitnets_fast.cpu`` (needs the compiled ``fitnets_fast._C``; CPU tensors, float32/float64);
@@ -50,11 +50,7 @@ def module(name: str) -> Optional[ModuleType]:
     if name not in _loaded:
         try:
             _loaded[name] = importlib.import_module(_MODULES[name])
-            available = getattr(_loaded[name], "AVAILABLE", True)
-            if not available:
-                _load_errors[name] = getattr(_loaded[name], "UNAVAILABLE_REASON", "not available")
-                _loaded[name] = None
-        except Exception as exc:  # ImportError, or a broken toolchain
+        except Exception as exc:  # ImportError (extension not built, no triton), or a broken toolchain
             _loaded[name] = None
             _load_errors[name] = f"{type(exc).__name__}: {exc}"
     return _loaded[name]

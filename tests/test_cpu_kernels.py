@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fitnets_fast import _backend, ops, reference
-from fitnets_fast import cpu
 from kernel_check import check_against_reference
 
-pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason=f"C++ kernels not built: {cpu.UNAVAILABLE_REASON}")
+pytestmark = pytest.mark.skipif(_backend.module("cpp") is None,
+                                reason=f"C++ kernels not built: {_backend.unavailable_reason('cpp')}")
 
 D = torch.float64
 DTYPES = [torch.float64, torch.float32]

@@ -11,9 +11,9 @@ import torch
 from fitnets_fast import _backend, ops, reference
 from kernel_check import check_against_reference
 
-kernels = pytest.importorskip("fitnets_fast.kernels")
-if not kernels.AVAILABLE:  # pragma: no cover - triton is a CI dependency
-    pytest.skip(f"triton kernels unavailable: {kernels.UNAVAILABLE_REASON}", allow_module_level=True)
+kernels = _backend.module("triton")
+if kernels is None:  # pragma: no cover - triton is a CI dependency
+    pytest.skip(f"triton kernels unavailable: {_backend.unavailable_reason('triton')}", allow_module_level=True)
 if not torch.cuda.is_available() and not _backend._TRITON_INTERPRET:  # pragma: no cover
     pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
 

@@ -6,18 +6,11 @@ float64 tensors. Each kernel is a custom op (``fitnets_fast_cpu::maxout_bias``, 
 implementation and an autograd formula, so ``torch.compile(fullgraph=True)`` traces models using them without
 graph breaks; eager calls run the same functions through a plain ``torch.autograd.Function`` (see
 ``_common.fused_op``). Convolutions and matmuls stay PyTorch's (bias-free); the kernels fuse what follows them.
-``AVAILABLE`` is False (with ``UNAVAILABLE_REASON``) when the extension was not built.
+Importing this package raises ImportError when the extension was not built; ``fitnets_fast._backend``
+records that and falls back to the reference.
 """
-try:
-    from .. import _C  # noqa: F401
-except ImportError as exc:  # the optional extension was not built
-    AVAILABLE = False
-    UNAVAILABLE_REASON = f"fitnets_fast._C is not built ({exc}); run `python setup.py build_ext --inplace`"
-else:
-    AVAILABLE = True
-    UNAVAILABLE_REASON = None
-    from .hint_loss import hint_loss_impl
-    from .kd_loss import kd_loss_impl
-    from .maxout import maxout_conv2d_impl, maxout_impl, maxout_linear_impl
+from .hint_loss import hint_loss_impl
+from .kd_loss import kd_loss_impl
+from .maxout import maxout_conv2d_impl, maxout_impl, maxout_linear_impl
 
-    __all__ = ["maxout_impl", "maxout_conv2d_impl", "maxout_linear_impl", "hint_loss_impl", "kd_loss_impl"]
+__all__ = ["maxout_impl", "maxout_conv2d_impl", "maxout_linear_impl", "hint_loss_impl", "kd_loss_impl"]

@@ -3,20 +3,13 @@
 Each op lives in its own module with its kernel, host wrapper and autograd (``torch.library.triton_op`` with
 ``register_autograd``, which also runs under ``TRITON_INTERPRET=1`` on CPU tensors). This package exports the
 ``<op>_impl`` functions with the signatures of ``fitnets_fast.reference`` (plus a keyword-only ``config`` to
-force a tiling). Without an importable triton, ``AVAILABLE`` is False and ``UNAVAILABLE_REASON`` says why.
+force a tiling). Importing this package raises ImportError without triton; ``fitnets_fast._backend``
+records that and falls back to the reference.
 """
-try:
-    import triton  # noqa: F401
-except Exception as exc:  # ImportError, or a broken install
-    AVAILABLE = False
-    UNAVAILABLE_REASON = f"triton cannot be imported ({type(exc).__name__}: {exc})"
-else:
-    AVAILABLE = True
-    UNAVAILABLE_REASON = None
-    from .hint_loss import hint_loss_impl
-    from .kd_loss import kd_loss_impl
-    from .maxout import maxout_impl
-    from .maxout_conv import maxout_conv2d_impl
-    from .maxout_linear import maxout_linear_impl
+from .hint_loss import hint_loss_impl
+from .kd_loss import kd_loss_impl
+from .maxout import maxout_impl
+from .maxout_conv import maxout_conv2d_impl
+from .maxout_linear import maxout_linear_impl
 
-    __all__ = ["maxout_impl", "maxout_conv2d_impl", "maxout_linear_impl", "hint_loss_impl", "kd_loss_impl"]
+__all__ = ["maxout_impl", "maxout_conv2d_impl", "maxout_linear_impl", "hint_loss_impl", "kd_loss_impl"]
