@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -27,6 +28,61 @@ struct MaxoutShape {
 template <typename T>
 inline bool takes_over(T v, T b) {
     return (v > b) | ((v != v) & (b == b));
+}
+
+// Calls fn(std::integral_constant<int, K>) for K = 2..5 (compile-time piece counts let gcc vectorise the
+// interleaved loops over adjacent pieces) and fn(std::integral_constant<int, 0>) for any other K.
+template <typename Fn>
+inline void with_pieces(int64_t K, Fn&& fn) {
+    switch (K) {
+        case 2: fn(std::integral_constant<int, 2>{}); break;
+        case 3: fn(std::integral_constant<int, 3>{}); break;
+        case 4: fn(std::integral_constant<int, 4>{}); break;
+        case 5: fn(std::integral_constant<int, 5>{}); break;
+        default: fn(std::integral_constant<int, 0>{});
+    }
+}
+
+// Winner of each of len outputs whose K pieces are adjacent in memory (x[i*K + p], bias bb[i*K + p]).
+// KC: K known at compile time (the pieces loop is then written out, so gcc vectorises over i), or 0 to
+// use the run-time K.
+template <typename T, bool HasBias, int KC, int... P>
+inline void max_adjacent_unrolled(const T* __restrict x, const T* __restrict bb, int64_t len, T* __restrict best,
+                                  int32_t* __restrict piece, std::integer_sequence<int, P...>) {
+    for (int64_t i = 0; i < len; ++i) {
+        T b = HasBias ? x[i * KC] + bb[i * KC] : x[i * KC];
+        int32_t w = 0;
+        auto consider = [&](int p) {
+            const T v = HasBias ? x[i * KC + p] + bb[i * KC + p] : x[i * KC + p];
+            const bool take = takes_over(v, b);
+            b = take ? v : b;
+            w = take ? int32_t(p) : w;
+        };
+        (consider(P + 1), ...);
+        best[i] = b;
+        piece[i] = w;
+    }
+}
+
+template <typename T, bool HasBias, int KC>
+inline void max_adjacent(const T* __restrict x, const T* __restrict bb, int64_t len, int64_t K, T* __restrict best,
+                         int32_t* __restrict piece) {
+    if constexpr (KC > 0) {
+        max_adjacent_unrolled<T, HasBias, KC>(x, bb, len, best, piece, std::make_integer_sequence<int, KC - 1>{});
+    } else {
+        for (int64_t i = 0; i < len; ++i) {
+            T b = HasBias ? x[i * K] + bb[i * K] : x[i * K];
+            int32_t w = 0;
+            for (int64_t p = 1; p < K; ++p) {
+                const T v = HasBias ? x[i * K + p] + bb[i * K + p] : x[i * K + p];
+                const bool take = takes_over(v, b);
+                b = take ? v : b;
+                w = take ? int32_t(p) : w;
+            }
+            best[i] = b;
+            piece[i] = w;
+        }
+    }
 }
 
 // Computes, block by block, the winning value and piece of every output element and hands each block
@@ -69,30 +125,27 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
             total += acc;
         }
     } else {
+        // Outputs (m, c) are contiguous over both m and c: a block is either part of one long row
+        // (C > kBlock) or several whole rows.
         const int64_t blocks_per_row = (C + kBlock - 1) / kBlock;
+        const int64_t rows_per_block = blocks_per_row == 1 ? std::max<int64_t>(1, kBlock / C) : 1;
+        const int64_t tasks = blocks_per_row == 1 ? (sh.M + rows_per_block - 1) / rows_per_block : sh.M * blocks_per_row;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
-        for (int64_t task = 0; task < sh.M * blocks_per_row; ++task) {
+        for (int64_t task = 0; task < tasks; ++task) {
             T best[kBlock];
             int32_t piece[kBlock];
-            const int64_t m = task / blocks_per_row;
-            const int64_t c0 = (task % blocks_per_row) * kBlock;
+            const int64_t m0 = blocks_per_row == 1 ? task * rows_per_block : task / blocks_per_row;
+            const int64_t c0 = blocks_per_row == 1 ? 0 : (task % blocks_per_row) * kBlock;
+            const int64_t rows = blocks_per_row == 1 ? std::min(rows_per_block, sh.M - m0) : 1;
             const int64_t len = std::min(kBlock, C - c0);
-            const T* base = x + (m * C + c0) * K;
             const T* bb = HasBias ? bias + c0 * K : nullptr;
-            for (int64_t i = 0; i < len; ++i) {
-                T b = HasBias ? base[i * K] + bb[i * K] : base[i * K];
-                int32_t w = 0;
-                for (int64_t p = 1; p < K; ++p) {
-                    const T v = HasBias ? base[i * K + p] + bb[i * K + p] : base[i * K + p];
-                    const bool take = takes_over(v, b);
-                    b = take ? v : b;
-                    w = take ? int32_t(p) : w;
-                }
-                best[i] = b;
-                piece[i] = w;
-            }
+            with_pieces(K, [&](auto k) {
+                for (int64_t j = 0; j < rows; ++j)
+                    max_adjacent<T, HasBias, decltype(k)::value>(x + ((m0 + j) * C + c0) * K, bb, len, K,
+                                                                 best + j * len, piece + j * len);
+            });
             double acc = 0.0;
-            epi(m * C + c0, len, best, piece, acc);
+            epi(m0 * C + c0, rows * len, best, piece, acc);
             total += acc;
         }
     }
@@ -138,6 +191,29 @@ inline T scatter_piece(const T* __restrict g, const uint8_t* __restrict w, uint8
     return total;
 }
 
+// Backward over n outputs whose K pieces are adjacent: out[o*K + p] = scale * g[o] if w[o] == p, else 0.
+// KC: K known at compile time (the pieces are then written out, so gcc vectorises over o), or 0 to use
+// the run-time K.
+template <typename T, int KC, int... P>
+inline void scatter_adjacent_unrolled(const T* __restrict g, const uint8_t* __restrict w, T scale,
+                                      T* __restrict out, int64_t n, std::integer_sequence<int, P...>) {
+    for (int64_t o = 0; o < n; ++o) {
+        const T v = g[o] * scale;
+        ((out[o * KC + P] = w[o] == uint8_t(P) ? v : T(0)), ...);
+    }
+}
+
+template <typename T, int KC>
+inline void scatter_adjacent(const T* __restrict g, const uint8_t* __restrict w, T scale, T* __restrict out,
+                             int64_t n, int64_t K) {
+    if constexpr (KC > 0) {
+        scatter_adjacent_unrolled<T, KC>(g, w, scale, out, n, std::make_integer_sequence<int, KC>{});
+    } else {
+        for (int64_t o = 0; o < n; ++o)
+            for (int64_t p = 0; p < K; ++p) out[o * K + p] = w[o] == uint8_t(p) ? g[o] * scale : T(0);
+    }
+}
+
 // Backward of maxout with bias: grad_in (M, C, K, S) gets scale * grad_out at each output's winning
 // piece and 0 elsewhere; grad_bias (C*K,), if not null, gets the sum of grad_in over M and S.
 template <typename T>
@@ -168,21 +244,31 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, T scale, T* grad_i
             }
         }
     } else {
+        // Rows are contiguous: scatter blocks of whole rows as one run, then add each row to a T-typed
+        // bias accumulator that is flushed into the thread's double partial once per block.
+        const int64_t rows_per_block = std::max<int64_t>(1, kBlock / C);
+        const int64_t blocks = (sh.M + rows_per_block - 1) / rows_per_block;
 #pragma omp parallel num_threads(threads)
         {
             double* mine = want_bias ? partial.data() + size_t(omp_get_thread_num()) * C * K : nullptr;
+            std::vector<T> block_sum(want_bias ? C * K : 0);
 #pragma omp for schedule(static)
-            for (int64_t m = 0; m < sh.M; ++m) {
-                const T* g = grad_out + m * C;
-                const uint8_t* w = piece + m * C;
-                T* out = grad_in + m * C * K;
-                for (int64_t c = 0; c < C; ++c) {
-                    for (int64_t p = 0; p < K; ++p) {
-                        const T v = w[c] == uint8_t(p) ? g[c] * scale : T(0);
-                        out[c * K + p] = v;
-                        if (want_bias) mine[c * K + p] += v;
-                    }
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t m0 = b * rows_per_block;
+                const int64_t rows = std::min(rows_per_block, sh.M - m0);
+                T* out = grad_in + m0 * C * K;
+                with_pieces(K, [&](auto k) {
+                    scatter_adjacent<T, decltype(k)::value>(grad_out + m0 * C, piece + m0 * C, scale, out, rows * C, K);
+                });
+                if (!want_bias) continue;
+                std::fill(block_sum.begin(), block_sum.end(), T(0));
+                for (int64_t j = 0; j < rows; ++j) {
+                    const T* row = out + j * C * K;
+                    T* acc = block_sum.data();
+#pragma omp simd
+                    for (int64_t i = 0; i < C * K; ++i) acc[i] += row[i];
                 }
+                for (int64_t i = 0; i < C * K; ++i) mine[i] += block_sum[i];
             }
         }
     }

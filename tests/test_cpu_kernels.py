@@ -115,12 +115,13 @@ def test_maxout_conv2d(cfg, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_maxout_conv2d_channels_last_and_strided(dtype):
+@pytest.mark.parametrize("channels,pieces", [(4, 4), (3, 7), (601, 2)])  # 601: rows longer than a block
+def test_maxout_conv2d_channels_last_and_strided(dtype, channels, pieces):
     def view(x, w, b):
         return x.contiguous(memory_format=torch.channels_last), w.transpose(2, 3), b[::2]
 
-    _check("maxout_conv2d", (_r(3, 6, 8, 9), _r(16, 6, 3, 3), _r(32), 4, 1, 1), dtype, ["x", "weight", "bias"],
-           view=view)
+    _check("maxout_conv2d", (_r(3, 6, 8, 9), _r(channels * pieces, 6, 3, 3), _r(2 * channels * pieces), pieces, 1, 1),
+           dtype, ["x", "weight", "bias"], view=view)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -148,7 +149,9 @@ def test_maxout_conv2d_saves_only_input_weight_and_byte_index():
 # -------------------------------------------------------------------------------------- maxout linear
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,fin,fout,pieces,bias", [(5, 7, 3, 5, True), (9, 13, 11, 2, False), (1, 4, 6, 4, True),
-                                                    (0, 4, 3, 2, True), (4, 5, 3, 1, True)])
+                                                    (0, 4, 3, 2, True), (4, 5, 3, 1, True),
+                                                    # rows longer than a kernel block (512 outputs), 7 pieces
+                                                    (3, 5, 1031, 2, True), (6, 3, 37, 7, True)])
 def test_maxout_linear(n, fin, fout, pieces, bias, dtype):
     tensors = (_r(n, fin), _r(fout * pieces, fin)) + ((_r(fout * pieces),) if bias else ())
     names = ["x", "weight"] + (["bias"] if bias else [])

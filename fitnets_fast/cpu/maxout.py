@@ -6,6 +6,11 @@ index of the winning piece. Autograd saves only that index (plus whatever the co
 input and weight), never the k-wide pre-activation; the backward scatters the gradient to the winners and
 reduces the bias gradient in one pass, then PyTorch's conv/matmul backward continues.
 
+``maxout_conv2d`` runs its convolution in channels-last memory (an NCHW input is converted; the output is
+channels-last too, so a stack of layers converts once): oneDNN's channels-last convolutions are up to 3x
+faster than NCHW ones on the thin layers of FitNets, and the fused kernel reads adjacent pieces there
+just as fast. Values are the same either way; only ``Tensor.stride()`` differs.
+
 Semantics match ``fitnets_fast.reference``: ties go to the lowest piece, a NaN piece wins (the first NaN).
 More than 256 pieces do not fit the one-byte index; such calls run the reference.
 """
@@ -110,6 +115,7 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0):
     """See ``fitnets_fast.reference.maxout_conv2d``."""
     if pieces == 1 or pieces > MAX_PIECES:
         return reference.maxout_conv2d_impl(x, weight, bias, pieces, stride, padding)
+    x = x.contiguous(memory_format=torch.channels_last)
     return maxout_bias(F.conv2d(x, weight, None, stride, padding), bias, pieces)[0]
 
 
