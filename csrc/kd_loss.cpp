@@ -1,8 +1,9 @@
 // Knowledge-distillation loss (FitNets stage 2). The forward makes one streaming pass per row that gathers
 // the softmax statistics of the student (at temperatures 1 and T_s) and of the teacher (at T) with a
-// blockwise online softmax, so any class count works, and saves them per row; the backward makes one
-// streaming pass that writes dL/ds (times the incoming gradient) from them, so nothing K-wide is kept
-// between the two and the forward alone writes nothing K-wide.
+// blockwise online softmax, so any class count works, and saves them per row. When the student needs a
+// gradient, the same pass also writes dL/ds: it then takes the row maxima first, keeps the row's
+// exponentials in a per-thread scratch row and scales them once the sums are known, so no exponential is
+// evaluated twice. The teacher gradient (rarely needed) comes from the saved statistics in its own pass.
 //
 // loss_i = hard_i + w * soft_i, hard_i = CE(y_i, softmax(s_i)) (0 if y_i == ignore_index),
 // soft_i = -sum_j softmax(t_i/T)_j * log_softmax(s_i/T_s)_j, w = lam * soft_scale.
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "common.h"
 
@@ -22,10 +24,9 @@ namespace {
 
 constexpr int64_t kRowBlock = 2048;
 
-// Saved per row (float64), in this order, for the gradients. kMeanS: sum_j softmax(t/T)_j (s_j - max s);
-// kInvZ1, kInvZs, kInvZt: 1 / sum_j exp(s_j - max s), 1 / sum_j exp((s_j - max s) / T_s),
-// 1 / sum_j exp((t_j - max t) / T).
-enum Stat { kMaxS = 0, kMeanS, kMaxT, kInvZt, kInvZ1, kInvZs, kStats };
+// Saved per row (float64), in this order, for the teacher gradient: max_j s_j; kMeanS: sum_j softmax(t/T)_j
+// (s_j - max s); max_j t_j; kInvZt: 1 / sum_j exp((t_j - max t) / T).
+enum Stat { kMaxS = 0, kMeanS, kMaxT, kInvZt, kStats };
 
 struct KdParams {
     int64_t N, K;
@@ -120,9 +121,18 @@ decltype(auto) with_power(int power, Fn&& fn) {
     }
 }
 
-// Exponentials of one block of a row, relative to the given maxima, and their sums.
-template <typename T, typename A, int P>
-BlockSums<T> block_exps(const T* sb, const T* tb, int64_t len, A ms, A mt, A ref, A inv_t, A inv_ts, A tt, A ts) {
+// A row's exponentials, kept for the gradient: x1 = exp(s - max s), xs = exp((s - max s) / T_s),
+// xt = exp((t - max t) / T), each K values (per-thread scratch).
+template <typename A>
+struct KeptExps {
+    A *x1, *xs, *xt;
+};
+
+// Exponentials of one block of a row, relative to the given maxima, and their sums; Keep also stores
+// them at kept + the block's offset j0.
+template <typename T, typename A, int P, bool Keep>
+BlockSums<T> block_exps(const T* sb, const T* tb, int64_t len, A ms, A mt, A ref, A inv_t, A inv_ts, A tt, A ts,
+                        KeptExps<A> kept, int64_t j0) {
     using S = typename BlockSums<T>::S;
     BlockSums<T> out;
     for (int64_t c0 = 0; c0 < len; c0 += kSumChunk) {
@@ -133,7 +143,13 @@ BlockSums<T> block_exps(const T* sb, const T* tb, int64_t len, A ms, A mt, A ref
             const A ds = A(sb[j]) - ms;
             const A xs = exp_nonpos(scaled(ds, ts, inv_ts));
             const A xt = exp_nonpos(scaled(A(tb[j]) - mt, tt, inv_t));
-            z1 += student_exp1<P>(ds, xs);
+            const A x1 = student_exp1<P>(ds, xs);
+            if constexpr (Keep) {
+                kept.x1[j0 + j] = x1;
+                kept.xs[j0 + j] = xs;
+                kept.xt[j0 + j] = xt;
+            }
+            z1 += x1;
             zs += xs;
             zt += xt;
             acc += xt * (A(sb[j]) - ref);
@@ -146,17 +162,25 @@ BlockSums<T> block_exps(const T* sb, const T* tb, int64_t len, A ms, A mt, A ref
     return out;
 }
 
+// Statistics of one row. With kept (non-null pointers), the row maxima are taken first, so that every
+// block's exponentials are relative to them and can be stored for the gradient; otherwise the maxima
+// are found block by block (online softmax).
 template <typename T, typename A, typename Wide>
-RowStats<Wide> row_stats(const T* s, const T* t, int64_t K, Wide temp, Wide temp_s, int power) {
+RowStats<Wide> row_stats(const T* s, const T* t, int64_t K, Wide temp, Wide temp_s, int power, KeptExps<A> kept) {
     RowStats<Wide> st;
     const Wide none = -std::numeric_limits<Wide>::infinity();
     const A inv_t = A(1 / temp), inv_ts = A(1 / temp_s), tt = A(temp), ts = A(temp_s);
+    const bool keep = kept.x1 != nullptr;
+    if (keep) {
+        st.ms = st.ref = max_ignoring_nan(s, K);
+        st.mt = max_ignoring_nan(t, K);
+    }
     for (int64_t j0 = 0; j0 < K; j0 += kRowBlock) {
         const int64_t len = std::min(kRowBlock, K - j0);
         const T* sb = s + j0;
         const T* tb = t + j0;
         const T bms = max_ignoring_nan(sb, len), bmt = max_ignoring_nan(tb, len);
-        if (j0 == 0) st.ref = bms;
+        if (j0 == 0 && !keep) st.ref = bms;
         if (bms > st.ms) {
             if (st.ms > none) {
                 const Wide d = Wide(bms) - st.ms;
@@ -176,7 +200,9 @@ RowStats<Wide> row_stats(const T* s, const T* t, int64_t K, Wide temp, Wide temp
         // While a maximum is still -inf every exponential is 0; shifting by 0 keeps them 0 (not NaN).
         const A ms = st.ms > none ? A(st.ms) : A(0), mt = st.mt > none ? A(st.mt) : A(0), ref = A(st.ref);
         const BlockSums<T> sums = with_power(power, [&](auto P) {
-            return block_exps<T, A, decltype(P)::value>(sb, tb, len, ms, mt, ref, inv_t, inv_ts, tt, ts);
+            constexpr int kP = decltype(P)::value;
+            return keep ? block_exps<T, A, kP, true>(sb, tb, len, ms, mt, ref, inv_t, inv_ts, tt, ts, kept, j0)
+                        : block_exps<T, A, kP, false>(sb, tb, len, ms, mt, ref, inv_t, inv_ts, tt, ts, kept, j0);
         });
         st.z1 += sums.z1;
         st.zs += sums.zs;
@@ -206,8 +232,11 @@ struct TermScales {
     }
 };
 
+// Loss (returned, reduced; per row into loss_rows for reduction none), per-row statistics and, if grad is
+// not null, dL/ds (N, K) under the reduction:
+// dL/ds_j = hs * (softmax(s)_j - [j == y]) + ws / Ts * (softmax(s/Ts)_j - softmax(t/T)_j).
 template <typename T>
-double forward(const T* s, const T* t, const int64_t* y, const KdParams& p, T* loss_rows, double* stats,
+double forward(const T* s, const T* t, const int64_t* y, const KdParams& p, T* loss_rows, double* stats, T* grad,
                int threads) {
     using A = typename Compute<T>::type;
     using Wide = typename Accumulate<T>::type;
@@ -215,70 +244,38 @@ double forward(const T* s, const T* t, const int64_t* y, const KdParams& p, T* l
     const TermScales<Wide> scales(y, p);
     const int power = student_power<T>(p.Ts);
     double total = 0.0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
-    for (int64_t i = 0; i < N; ++i) {
-        const T* si = s + i * K;
-        const RowStats<Wide> st = row_stats<T, A, Wide>(si, t + i * K, K, Wide(p.T), Wide(p.Ts), power);
-        const Wide log_z1 = std::log(st.z1), log_zs = std::log(st.zs);
-        const bool has_label = y[i] != p.ignore_index;
-        const Wide hard = has_label ? log_z1 - (Wide(si[y[i]]) - st.ms) : Wide(0);
-        const Wide mean_s = st.a / st.zt + (st.ref - st.ms);  // sum_j softmax(t/T)_j (s_j - ms)
-        const Wide soft = log_zs - mean_s / p.Ts;
-        double* row_stat = stats + i * kStats;
-        row_stat[kMaxS] = double(st.ms);
-        row_stat[kMeanS] = double(mean_s);
-        row_stat[kMaxT] = double(st.mt);
-        row_stat[kInvZt] = double(1 / st.zt);
-        row_stat[kInvZ1] = double(1 / st.z1);
-        row_stat[kInvZs] = double(1 / st.zs);
-        if (p.reduction == 0) loss_rows[i] = T(hard + p.w * soft);
-        total += double(hard * scales.hard + soft * scales.soft);
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+        std::vector<A> scratch(grad ? 3 * K : 0);
+        const KeptExps<A> kept = grad ? KeptExps<A>{scratch.data(), scratch.data() + K, scratch.data() + 2 * K}
+                                      : KeptExps<A>{nullptr, nullptr, nullptr};
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < N; ++i) {
+            const T* si = s + i * K;
+            const RowStats<Wide> st = row_stats<T, A, Wide>(si, t + i * K, K, Wide(p.T), Wide(p.Ts), power, kept);
+            const Wide log_z1 = std::log(st.z1), log_zs = std::log(st.zs);
+            const bool has_label = y[i] != p.ignore_index;
+            const Wide hard = has_label ? log_z1 - (Wide(si[y[i]]) - st.ms) : Wide(0);
+            const Wide mean_s = st.a / st.zt + (st.ref - st.ms);  // sum_j softmax(t/T)_j (s_j - ms)
+            const Wide soft = log_zs - mean_s / p.Ts;
+            double* row_stat = stats + i * kStats;
+            row_stat[kMaxS] = double(st.ms);
+            row_stat[kMeanS] = double(mean_s);
+            row_stat[kMaxT] = double(st.mt);
+            row_stat[kInvZt] = double(1 / st.zt);
+            if (p.reduction == 0) loss_rows[i] = T(hard + p.w * soft);
+            total += double(hard * scales.hard + soft * scales.soft);
+            if (grad) {
+                const Wide hs = has_label ? scales.hard : Wide(0), ws = scales.soft / p.Ts;
+                const A f1 = A(hs / st.z1), fs = A(ws / st.zs), ft = A(ws / st.zt);
+                T* gi = grad + i * K;
+#pragma omp simd
+                for (int64_t j = 0; j < K; ++j) gi[j] = T(kept.x1[j] * f1 + kept.xs[j] * fs - kept.xt[j] * ft);
+                if (has_label) gi[y[i]] = T(A(gi[y[i]]) - A(hs));
+            }
+        }
     }
     return total;
-}
-
-// One row's dL/ds from its saved statistics, times c (the incoming gradient):
-// dL/ds_j = c * (hs * (softmax(s)_j - [j == y]) + ws / Ts * (softmax(s/Ts)_j - softmax(t/T)_j)).
-template <typename T, typename A, int P>
-void student_row_grad(const T* s, const T* t, A ms, A mt, A f1, A fs, A ft, A inv_t, A inv_ts, A tt, A ts, T* g,
-                      int64_t K) {
-#pragma omp simd
-    for (int64_t j = 0; j < K; ++j) {
-        const A ds = A(s[j]) - ms;
-        const A xs = exp_nonpos(scaled(ds, ts, inv_ts));
-        const A xt = exp_nonpos(scaled(A(t[j]) - mt, tt, inv_t));
-        g[j] = T(student_exp1<P>(ds, xs) * f1 + xs * fs - xt * ft);
-    }
-}
-
-// dL/ds (N, K) under the reduction, times grad_loss (one value, or one per row for "none").
-template <typename T>
-void student_grad(const T* s, const T* t, const int64_t* y, const double* stats, const T* grad_loss,
-                  const KdParams& p, T* grad, int threads) {
-    using A = typename Compute<T>::type;
-    using Wide = typename Accumulate<T>::type;
-    const int64_t N = p.N, K = p.K;
-    const TermScales<Wide> scales(y, p);
-    const int power = student_power<T>(p.Ts);
-    const Wide none = -std::numeric_limits<Wide>::infinity();
-    const A inv_t = A(1 / Wide(p.T)), inv_ts = A(1 / Wide(p.Ts)), tt = A(p.T), ts = A(p.Ts);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
-        const double* st = stats + i * kStats;
-        const Wide c = Wide(p.reduction == 0 ? grad_loss[i] : grad_loss[0]);
-        const bool has_label = y[i] != p.ignore_index;
-        const Wide hs = has_label ? c * scales.hard : Wide(0), ws = c * scales.soft / p.Ts;
-        const A f1 = A(hs * st[kInvZ1]), fs = A(ws * st[kInvZs]), ft = A(ws * st[kInvZt]);
-        // A maximum of -inf (every logit -inf): shift by 0, as the forward did.
-        const A ms = Wide(st[kMaxS]) > none ? A(st[kMaxS]) : A(0), mt = Wide(st[kMaxT]) > none ? A(st[kMaxT]) : A(0);
-        const T* si = s + i * K;
-        const T* ti = t + i * K;
-        T* gi = grad + i * K;
-        with_power(power, [&](auto P) {
-            student_row_grad<T, A, decltype(P)::value>(si, ti, ms, mt, f1, fs, ft, inv_t, inv_ts, tt, ts, gi, K);
-        });
-        if (has_label) gi[y[i]] = T(A(gi[y[i]]) - A(hs));
-    }
 }
 
 // dL/dt_ij = -(ws / T) * p_j * (lsm_j + soft_i), p = softmax(t_i / T), lsm = log_softmax(s_i / Ts);
@@ -321,33 +318,18 @@ void register_kd_loss(py::module_& m) {
         "kd_forward",
         [](const std::string& dtype, std::uintptr_t s, std::uintptr_t t, std::uintptr_t y, int64_t N, int64_t K,
            double temp, double temp_s, double w, int64_t ignore_index, int reduction, std::uintptr_t loss_rows,
-           std::uintptr_t stats, int threads) {
+           std::uintptr_t stats, std::uintptr_t grad, int threads) {
             const KdParams p = params(N, K, temp, temp_s, w, ignore_index, reduction);
             return dispatch_float(dtype, [&](auto tag) {
                 using T = decltype(tag);
                 return forward<T>(ptr<const T>(s), ptr<const T>(t), ptr<const int64_t>(y), p, ptr<T>(loss_rows),
-                                  ptr<double>(stats), threads_for(N * K, threads));
+                                  ptr<double>(stats), grad ? ptr<T>(grad) : nullptr, threads_for(N * K, threads));
             });
         },
         py::call_guard<py::gil_scoped_release>(),
         "KD loss forward over contiguous (N, K) student s and teacher t logits and int64 targets y. Writes "
-        "stats (N, 6) float64 for kd_student_grad / kd_teacher_grad and, for reduction 0 (none; 1 sum, "
-        "2 mean), the per-row losses; returns the reduced loss.");
-    m.def(
-        "kd_student_grad",
-        [](const std::string& dtype, std::uintptr_t s, std::uintptr_t t, std::uintptr_t y, std::uintptr_t stats,
-           std::uintptr_t grad_loss, int64_t N, int64_t K, double temp, double temp_s, double w, int64_t ignore_index,
-           int reduction, std::uintptr_t grad, int threads) {
-            const KdParams p = params(N, K, temp, temp_s, w, ignore_index, reduction);
-            dispatch_float(dtype, [&](auto tag) {
-                using T = decltype(tag);
-                student_grad<T>(ptr<const T>(s), ptr<const T>(t), ptr<const int64_t>(y), ptr<const double>(stats),
-                                ptr<const T>(grad_loss), p, ptr<T>(grad), threads_for(N * K, threads));
-            });
-        },
-        py::call_guard<py::gil_scoped_release>(),
-        "dL/ds (N, K) of the KD loss under the reduction times grad_loss (N values for reduction 0, else one), "
-        "from the stats kd_forward saved.");
+        "stats (N, 4) float64 for kd_teacher_grad, for reduction 0 (none; 1 sum, 2 mean) the per-row losses, "
+        "and, if grad != 0, dL/ds (N, K) under the reduction; returns the reduced loss.");
     m.def(
         "kd_teacher_grad",
         [](const std::string& dtype, std::uintptr_t s, std::uintptr_t t, std::uintptr_t stats, int64_t N, int64_t K,

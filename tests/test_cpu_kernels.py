@@ -313,6 +313,34 @@ def test_kd_loss_student_only_gradient():
     torch.testing.assert_close(g, g_ref)
 
 
+def test_kd_loss_teacher_only_gradient_and_no_grad_forward():
+    """Without a student gradient the forward writes no dL/ds; the loss and dL/dt must not depend on that."""
+    s, t, y = _r(4, 2100), _r(4, 2100).requires_grad_(), torch.tensor([0, 5, -100, 2099])
+    loss = ops.kd_loss(s, t, y, 2.0, 3.0, backend="cpp")
+    (g,) = torch.autograd.grad(loss, t)
+    loss_ref = reference.kd_loss(s, t, y, 2.0, 3.0)
+    (g_ref,) = torch.autograd.grad(loss_ref, t)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-15)
+    with torch.no_grad():
+        torch.testing.assert_close(ops.kd_loss(s.requires_grad_(), t, y, 2.0, 3.0, backend="cpp"), loss_ref.detach(),
+                                   rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kd_loss_retained_graph_backward_twice(dtype):
+    """The backward hands out the dL/ds buffer the forward wrote (for an incoming gradient of 1) and scales
+    copies of it otherwise; a retained graph's later backwards must still see it unchanged."""
+    s, t, y = _r(6, 33).to(dtype).requires_grad_(), _r(6, 33).to(dtype), torch.randint(0, 33, (6,))
+    loss = ops.kd_loss(s, t, y, backend="cpp")
+    (g1,) = torch.autograd.grad(loss, s, retain_graph=True)
+    first = g1.clone()
+    (g3,) = torch.autograd.grad(loss, s, torch.tensor(3.0, dtype=dtype), retain_graph=True)
+    (g1_again,) = torch.autograd.grad(loss, s)
+    torch.testing.assert_close(g3, 3 * first)
+    torch.testing.assert_close(g1_again, first, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------- errors and dispatch
 BAD = [
     (lambda: ops.maxout(_r(2, 5, 3), 2, backend="cpp"), ValueError, "not divisible by pieces=2"),
