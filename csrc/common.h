@@ -10,31 +10,10 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace fitnets {
 
 // Elements processed per inner block: keeps the per-block scratch (best values, winning pieces) in L1.
 constexpr int64_t kBlock = 512;
-
-// Asks the OS to back the 2 MiB-aligned interior of a fresh (not yet written) output buffer with transparent
-// huge pages (Linux THP in "madvise" mode): the first writes then fault once per 2 MiB instead of once per
-// 4 KiB page, which otherwise costs more than the kernel's own pass over a buffer of tens of MiB.
-// Advisory only: buffers under 4 MiB and systems without MADV_HUGEPAGE are left alone, errors ignored.
-inline void advise_huge_pages(void* data, std::size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr std::uintptr_t kHuge = std::uintptr_t(2) << 20;
-    if (bytes < 2 * kHuge) return;
-    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(data) + bytes) & ~(kHuge - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-    (void)data;
-    (void)bytes;
-#endif
-}
 
 template <typename T>
 inline T* ptr(std::uintptr_t address) {

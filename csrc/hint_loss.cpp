@@ -30,8 +30,6 @@ double forward(std::uintptr_t pre, std::uintptr_t bias, std::uintptr_t hint, std
     const T* h = ptr<const T>(hint);
     T* d = ptr<T>(diff);
     uint8_t* w = ptr<uint8_t>(piece);
-    advise_huge_pages(d, sh.outputs() * sizeof(T));
-    advise_huge_pages(w, sh.outputs());
     auto epilogue = [h, d, w](int64_t off, int64_t len, const T* best, const int32_t* win, double& acc) {
         acc += block(best, win, h + off, d + off, w + off, len);
     };

@@ -23,8 +23,6 @@ void forward(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, std::uin
              int threads) {
     T* y = ptr<T>(out);
     uint8_t* w = ptr<uint8_t>(piece);
-    advise_huge_pages(y, sh.outputs() * sizeof(T));
-    advise_huge_pages(w, sh.outputs());
     auto epilogue = [y, w](int64_t off, int64_t len, const T* best, const int32_t* win, double&) {
         store(y + off, w + off, best, win, len);
     };

@@ -225,7 +225,6 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, T scale, T* grad_i
         if (want_bias) std::fill(grad_bias, grad_bias + C * K, T(0));
         return;
     }
-    advise_huge_pages(grad_in, sh.outputs() * K * sizeof(T));
     std::vector<double> partial(want_bias ? size_t(threads) * C * K : 0, 0.0);
     if (S > 1) {
         const int64_t rows = sh.M * C;

@@ -52,13 +52,14 @@ def kernel_shape(shape: torch.Size, pieces: int, channels_last: bool) -> Tuple[i
     return (n * rest, c, pieces, 1) if channels_last else (n, c, pieces, rest)
 
 
-def empty_in_layout(shape, dtype: torch.dtype, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """A new ``shape`` tensor (via ``_alloc.empty``) whose memory is in the given layout."""
+def empty_in_layout(shape, dtype: torch.dtype, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A new ``shape`` tensor on ``like``'s device whose memory is in the given layout (``_alloc.empty``,
+    which may reuse an idle buffer when ``like`` is a plain CPU tensor)."""
     shape = tuple(shape)
     if not channels_last:
-        return _alloc.empty(shape, dtype=dtype, device=device)
+        return _alloc.empty(shape, dtype=dtype, device=like.device, like=like)
     physical = (shape[0], *shape[2:], shape[1])
-    return _alloc.empty(physical, dtype=dtype, device=device).movedim(-1, 1)
+    return _alloc.empty(physical, dtype=dtype, device=like.device, like=like).movedim(-1, 1)
 
 
 def reduced_shape(shape: torch.Size, pieces: int) -> Tuple[int, ...]:

@@ -52,7 +52,7 @@ def _outputs(s: torch.Tensor, reduction: str, student_grad: bool):
     n = s.shape[0]
     loss = _alloc.empty((n,) if reduction == "none" else (), dtype=s.dtype, device=s.device)
     stats = _alloc.empty((n, _STATS), dtype=torch.float64, device=s.device)
-    grad = _alloc.empty(s.shape if student_grad else (0,), dtype=s.dtype, device=s.device)
+    grad = _alloc.empty(s.shape if student_grad else (0,), dtype=s.dtype, device=s.device, like=s)
     return loss, stats, grad
 
 

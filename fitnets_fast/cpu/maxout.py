@@ -47,8 +47,8 @@ def _maxout_bias_fake(x, bias, pieces):
 def maxout_outputs(x: torch.Tensor, pieces: int, channels_last: bool):
     """New (maxout output, uint8 winning piece) buffers for the pre-activation ``x`` in the given layout."""
     shape = _common.reduced_shape(x.shape, pieces)
-    out = _common.empty_in_layout(shape, x.dtype, x.device, channels_last)
-    piece = _common.empty_in_layout(shape, torch.uint8, x.device, channels_last)
+    out = _common.empty_in_layout(shape, x.dtype, x, channels_last)
+    piece = _common.empty_in_layout(shape, torch.uint8, x, channels_last)
     return out, piece
 
 
@@ -76,7 +76,7 @@ maxout_bias_backward = _common.fused_op("fitnets_fast_cpu::maxout_bias_backward"
 
 def _backward_outputs(grad_out: torch.Tensor, pieces: int, channels_last: bool, bias_grad: bool):
     shape = (grad_out.shape[0], grad_out.shape[1] * pieces, *grad_out.shape[2:])
-    grad_in = _common.empty_in_layout(shape, grad_out.dtype, grad_out.device, channels_last)
+    grad_in = _common.empty_in_layout(shape, grad_out.dtype, grad_out, channels_last)
     grad_bias = _alloc.empty((shape[1] if bias_grad else 0,), dtype=grad_out.dtype, device=grad_out.device)
     return grad_in, grad_bias
 
