@@ -152,43 +152,36 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
     return total;
 }
 
-// One piece's gradient over a run of n outputs: out = scale * g where the winner is p, else 0; returns the sum.
-// Written with 64-byte GCC/Clang vectors (the tail through zero-padded copies): gcc's own vectorisation of
-// the select leaves runs shorter than its unrolled vector loop (e.g. 7x7 = 49) to a branchy scalar loop
-// that mispredicts on every random winner.
-template <typename T>
-inline T scatter_piece(const T* __restrict g, const uint8_t* __restrict w, uint8_t p, T scale, T* __restrict out,
-                       int64_t n) {
-    constexpr int64_t kLanes = 64 / sizeof(T);
-    using Int = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-    typedef T Vec __attribute__((vector_size(64)));
-    typedef Int IntVec __attribute__((vector_size(64)));
-    typedef uint8_t ByteVec __attribute__((vector_size(kLanes)));
-    const Vec zero = {};
-    Vec sum = zero;
-    auto lanes = [&](const T* gs, const uint8_t* ws, T* os) {
-        Vec gv;
-        ByteVec wv;
-        std::memcpy(&gv, gs, sizeof gv);
-        std::memcpy(&wv, ws, sizeof wv);
-        const Vec v = __builtin_convertvector(wv, IntVec) == Int(p) ? gv * scale : zero;
-        std::memcpy(os, &v, sizeof v);
-        sum += v;
-    };
-    int64_t s = 0;
-    for (; s + kLanes <= n; s += kLanes) lanes(g + s, w + s, out + s);
-    if (s < n) {
-        T gt[kLanes] = {}, ot[kLanes];
-        uint8_t wt[kLanes];
-        std::fill(wt, wt + kLanes, uint8_t(p + 1));  // never the winner: padding stays 0
-        std::copy(g + s, g + n, gt);
-        std::copy(w + s, w + n, wt);
-        lanes(gt, wt, ot);
-        std::copy(ot, ot + (n - s), out + s);
+// Backward of one output row whose K pieces are rows of S positions (NCHW): out[p*S + s] = scale * g[s] if
+// w[s] == p, else 0, in one pass over g and w; piece_sums[p] (if not null) += sum_s out[p*S + s].
+// KC: K known at compile time (the pieces are then written out, so gcc vectorises over s), or 0 to use
+// the run-time K.
+template <typename T, int KC, int... P>
+inline void scatter_row_unrolled(const T* __restrict g, const uint8_t* __restrict w, T scale, T* __restrict out,
+                                 int64_t S, std::integer_sequence<int, P...>) {
+    for (int64_t s = 0; s < S; ++s) {
+        const T v = g[s] * scale;
+        ((out[P * S + s] = w[s] == uint8_t(P) ? v : T(0)), ...);
     }
-    T total = 0;
-    for (int64_t l = 0; l < kLanes; ++l) total += sum[l];
-    return total;
+}
+
+template <typename T, int KC>
+inline void scatter_row(const T* __restrict g, const uint8_t* __restrict w, T scale, T* __restrict out, int64_t S,
+                        int64_t run_time_k, double* piece_sums) {
+    const int64_t K = KC > 0 ? KC : run_time_k;
+    if constexpr (KC > 0) {
+        scatter_row_unrolled<T, KC>(g, w, scale, out, S, std::make_integer_sequence<int, KC>{});
+    } else {
+        for (int64_t p = 0; p < K; ++p)
+            for (int64_t s = 0; s < S; ++s) out[p * S + s] = w[s] == uint8_t(p) ? g[s] * scale : T(0);
+    }
+    if (piece_sums == nullptr) return;
+    for (int64_t p = 0; p < K; ++p) {
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t s = 0; s < S; ++s) sum += out[p * S + s];
+        piece_sums[p] += sum;
+    }
 }
 
 // Backward over n outputs whose K pieces are adjacent: out[o*K + p] = scale * g[o] if w[o] == p, else 0.
@@ -234,12 +227,10 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, T scale, T* grad_i
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < rows; ++r) {
                 const int64_t c = r % C;
-                const T* g = grad_out + r * S;
-                const uint8_t* w = piece + r * S;
-                for (int64_t p = 0; p < K; ++p) {
-                    const T sum = scatter_piece(g, w, uint8_t(p), scale, grad_in + (r * K + p) * S, S);
-                    if (want_bias) mine[c * K + p] += sum;
-                }
+                with_pieces(K, [&](auto k) {
+                    scatter_row<T, decltype(k)::value>(grad_out + r * S, piece + r * S, scale, grad_in + r * K * S, S, K,
+                                                       want_bias ? mine + c * K : nullptr);
+                });
             }
         }
     } else {
