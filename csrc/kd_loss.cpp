@@ -179,7 +179,8 @@ RowStats<Wide> row_stats(const T* s, const T* t, int64_t K, Wide temp, Wide temp
         const int64_t len = std::min(kRowBlock, K - j0);
         const T* sb = s + j0;
         const T* tb = t + j0;
-        const T bms = max_ignoring_nan(sb, len), bmt = max_ignoring_nan(tb, len);
+        // With kept exponentials the row maxima are known already; otherwise take the block's.
+        const T bms = keep ? T(st.ms) : max_ignoring_nan(sb, len), bmt = keep ? T(st.mt) : max_ignoring_nan(tb, len);
         if (j0 == 0 && !keep) st.ref = bms;
         if (bms > st.ms) {
             if (st.ms > none) {
