@@ -266,7 +266,7 @@ class _Trainer:
     # -- models ---------------------------------------------------------------------------------------
     def _build(self, name: str, options: Dict[str, Any]) -> _models.MaxoutNet:
         opts = {"backend": self.cfg.backend, **options}
-        model = _models.build(name, self.num_classes, **opts).to(self.device)
+        model = _models.build(name, self.num_classes, **opts).to(self.device, memory_format=self.memory_format)
         if tuple(model.input_shape) != tuple(self.x_train.shape[1:]):
             raise ValueError(f"model {name!r} expects inputs {tuple(model.input_shape)}, the data set "
                              f"{self.cfg.dataset!r} gives {tuple(self.x_train.shape[1:])}")
@@ -321,7 +321,7 @@ class _Trainer:
         if stage == "hints":
             reg = _models.build_regressor(self.teacher.layer_output_shape(self.hint_layer),
                                           student.layer_output_shape(g), self.teacher.layers[self.hint_layer].pieces,
-                                          backend=cfg.backend).to(self.device)
+                                          backend=cfg.backend).to(self.device, memory_format=self.memory_format)
             s.regressor = s.modules["regressor"] = reg
             s.trained = [student.layers[i] for i in range(g + 1)] + [reg]
             groups = param_groups([(m, 1.0) for m in s.trained])
@@ -331,7 +331,7 @@ class _Trainer:
             reg = _conv_regressor(self.teacher.layer_output_shape(self.hint_layer), student.layer_output_shape(g))
             if self.world.distributed and self.device.type == "cuda":   # BatchNorm statistics of the global batch
                 reg = nn.SyncBatchNorm.convert_sync_batchnorm(reg)      # (CPU: of each process's shard)
-            s.regressor = s.modules["regressor"] = reg = reg.to(self.device)
+            s.regressor = s.modules["regressor"] = reg = reg.to(self.device, memory_format=self.memory_format)
             s.trained.append(reg)
             s.capture = _GuidedCapture(student.layers[g])
             groups = param_groups([(student, 1.0), (reg, 1.0)])

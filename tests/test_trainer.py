@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from fitnets_fast import models, optim, trainer
+from fitnets_fast import models, nn, optim, trainer
 from fitnets_fast.run_files import CheckpointError, RunDir, load_model_file
 from fitnets_fast.schedules import linear_decay
 
@@ -110,8 +110,12 @@ class _Kill(BaseException):
     pass
 
 
-def test_resume_after_interruptions_matches_uninterrupted_run(tmp_path):
-    settings = dict(students=["fitnets"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resume_after_interruptions_matches_uninterrupted_run(tmp_path, monkeypatch, channels_last):
+    settings = dict(students=["fitnets"], channels_last=channels_last)
+    built = []
+    real_build = trainer._Trainer._build
+    monkeypatch.setattr(trainer._Trainer, "_build", lambda self, *a: built.append(real_build(self, *a)) or built[-1])
     full = _tiny(tmp_path, "full", **settings)
     kills = iter([("teacher", "teacher", 1), ("fitnets", "kd", 1)])
     target = [next(kills)]
@@ -142,6 +146,10 @@ def test_resume_after_interruptions_matches_uninterrupted_run(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), row
     keys = ("test_acc_best", "test_acc_last", "best_epoch", "epochs", "stages")
     assert [{k: r[k] for k in keys} for r in resumed["rows"]] == [{k: r[k] for k in keys} for r in full["rows"]]
+    conv_weights = [m.weight for model in built for m in model.modules() if isinstance(m, nn.MaxoutConv2d)]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert conv_weights and all(w.is_contiguous(memory_format=layout) for w in conv_weights)
+    assert any(not w.is_contiguous() for w in conv_weights) == channels_last
 
 
 def test_resume_errors_and_teacher_checkpoint(tmp_path):
