@@ -85,6 +85,53 @@ inline void max_adjacent(const T* __restrict x, const T* __restrict bb, int64_t 
     }
 }
 
+// Winner (value, piece) of each of len outputs whose K pieces are rows S apart, x[p*S + i], with bias bc[p]
+// (one channel of an NCHW row), in one pass that keeps the running winners in registers (64-byte GCC/Clang
+// vectors; gcc does not vectorise the select chain over a run-time number of pieces by itself). Used for
+// short rows (such as 8x8 maps), where a pass per piece over the row is mostly loop overhead.
+template <typename T, bool HasBias>
+inline void max_short_rows(const T* __restrict x, const T* __restrict bc, int64_t len, int64_t K, int64_t S,
+                           T* __restrict best, int32_t* __restrict piece) {
+    constexpr int64_t kLanes = 64 / sizeof(T);
+    using Int = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+    typedef T Vec __attribute__((vector_size(64)));
+    typedef Int IntVec __attribute__((vector_size(64)));
+    typedef int32_t PieceVec __attribute__((vector_size(kLanes * 4)));
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+        Vec top;
+        std::memcpy(&top, x + i, sizeof top);
+        if (HasBias) top += bc[0];
+        IntVec w = {};
+        for (int64_t p = 1; p < K; ++p) {
+            Vec v;
+            std::memcpy(&v, x + p * S + i, sizeof v);
+            if (HasBias) v += bc[p];
+            const IntVec take = (v > top) | ((v != v) & (top == top));
+            top = take ? v : top;
+            w = take ? IntVec{} + Int(p) : w;
+        }
+        const PieceVec w32 = __builtin_convertvector(w, PieceVec);
+        std::memcpy(best + i, &top, sizeof top);
+        std::memcpy(piece + i, &w32, sizeof w32);
+    }
+    for (; i < len; ++i) {
+        T b = HasBias ? x[i] + bc[0] : x[i];
+        int32_t w = 0;
+        for (int64_t p = 1; p < K; ++p) {
+            const T v = HasBias ? x[p * S + i] + bc[p] : x[p * S + i];
+            const bool take = takes_over(v, b);
+            b = take ? v : b;
+            w = take ? int32_t(p) : w;
+        }
+        best[i] = b;
+        piece[i] = w;
+    }
+}
+
+// Rows of at most this many positions take max_short_rows; longer ones a streaming pass per piece.
+constexpr int64_t kShortRow = 128;
+
 // Computes, block by block, the winning value and piece of every output element and hands each block
 // to epi(offset, length, best, piece, acc): offset is the linear output index of the block's first
 // element, acc a per-thread double accumulator. Returns the sum of all threads' acc.
@@ -93,7 +140,27 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
     const int64_t C = sh.C, K = sh.K, S = sh.S;
     double total = 0.0;
     if (sh.outputs() == 0) return total;
-    if (S > 1) {
+    if (S > 1 && S <= kShortRow) {
+        // Short rows: several whole rows (contiguous outputs) per block, one register pass each.
+        const int64_t rows = sh.M * C;
+        const int64_t rows_per_block = kBlock / S;
+        const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
+        for (int64_t b = 0; b < blocks; ++b) {
+            T best[kBlock];
+            int32_t piece[kBlock];
+            const int64_t r0 = b * rows_per_block;
+            const int64_t n = std::min(rows_per_block, rows - r0);
+            for (int64_t j = 0; j < n; ++j) {
+                const int64_t r = r0 + j;
+                max_short_rows<T, HasBias>(x + r * K * S, HasBias ? bias + (r % C) * K : nullptr, S, K, S,
+                                           best + j * S, piece + j * S);
+            }
+            double acc = 0.0;
+            epi(r0 * S, n * S, best, piece, acc);
+            total += acc;
+        }
+    } else if (S > 1) {
         const int64_t rows = sh.M * C;
         const int64_t blocks_per_row = (S + kBlock - 1) / kBlock;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)

@@ -41,7 +41,8 @@ def _check(op, args, dtype, names, view=lambda *a: a):
 # --------------------------------------------------------------------------------------------- maxout
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,pieces", [((3, 6, 5, 7), 3), ((2, 10, 9), 5), ((7, 8), 2), ((1, 4, 1, 1), 4),
-                                          ((2, 2, 3, 5), 2), ((2, 3, 4, 3, 2), 3), ((3, 14, 7, 5), 7)])
+                                          ((2, 2, 3, 5), 2), ((2, 3, 4, 3, 2), 3), ((3, 14, 7, 5), 7),
+                                          ((2, 4, 13, 11), 2)])  # rows > 128 positions: the streaming path
 def test_maxout(shape, pieces, dtype):
     _check("maxout", (_r(*shape), pieces), dtype, ["x"])
 
