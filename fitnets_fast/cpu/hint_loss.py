@@ -4,6 +4,7 @@ The epilogue kernel reads the k-wide regressor output once and does bias + maxou
 sum of squares, saving ``r - hint`` and a one-byte winning-piece index (both one output wide). The
 backward expands ``(r - hint) * grad / N`` to the winning pieces and reduces the bias gradient in one pass
 (``maxout_bias_backward``), then PyTorch's conv backward gives the guided-layer and weight gradients.
+Like ``maxout_conv2d``, the convolution runs channels-last (see ``fitnets_fast.cpu.maxout``).
 """
 from __future__ import annotations
 
@@ -76,4 +77,5 @@ def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0):
     """See ``fitnets_fast.reference.hint_loss``."""
     if pieces > MAX_PIECES:
         return reference.hint_loss_impl(guided, hint, weight, bias, pieces, padding)
+    guided = guided.contiguous(memory_format=torch.channels_last)
     return hint_epilogue(F.conv2d(guided, weight, None, 1, padding), hint, bias, pieces)[0]
