@@ -18,12 +18,13 @@ from typing import Callable, Dict
 import pytest
 import torch
 
-_ALLOCATOR_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "LD_PRELOAD",
-                   "THP_MEM_ALLOC_ENABLE")
+_ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
+                   "LD_PRELOAD", "THP_MEM_ALLOC_ENABLE", "FITNETS_FAST_BUFFER_POOL_MB")
 
 
 def allocator_setting() -> str:
-    """The allocator-related environment, or "glibc default" when none is set."""
+    """The allocator-related environment, or "glibc default" when none is set (the fused ops' own buffer
+    reuse, ``fitnets_fast._alloc``, is on unless ``FITNETS_FAST_BUFFER_POOL_MB=0`` is listed)."""
     set_vars = [f"{k}={os.environ[k]}" for k in _ALLOCATOR_VARS if os.environ.get(k)]
     return " ".join(set_vars) if set_vars else "glibc default"
 
