@@ -72,7 +72,7 @@ def maxout_input(x, pieces: int) -> None:
     pieces_divide("x", x.shape[1], pieces)
 
 
-def maxout_conv2d_args(x, weight, bias, pieces, stride, padding) -> None:
+def maxout_conv2d_args(x, weight, bias, pieces, stride, padding, pool=None) -> None:
     for name, value in (("x", x), ("weight", weight)):
         tensor(name, value)
     rank("x", x, 4, "N x C_in x H x W")
@@ -84,6 +84,18 @@ def maxout_conv2d_args(x, weight, bias, pieces, stride, padding) -> None:
     same_device(x=x, weight=weight, bias=bias)
     same_dtype(x=x, weight=weight, bias=bias)
     _conv_geometry(x, weight, stride, padding)
+    if pool is not None:
+        _pool(pool, [(x.shape[d] + 2 * padding - weight.shape[d]) // stride + 1 for d in (2, 3)])
+
+
+def _pool(pool, conv_output_size) -> None:
+    if not isinstance(pool, (tuple, list)) or len(pool) != 2:
+        raise ValueError(f"pool must be None or a (size, stride) pair, got {pool!r}")
+    positive_int("pool size", pool[0])
+    positive_int("pool stride", pool[1])
+    if pool[0] > min(conv_output_size):
+        raise ValueError(f"pool size {pool[0]} is larger than the {conv_output_size[0]}x{conv_output_size[1]} "
+                         "convolution output")
 
 
 def maxout_linear_args(x, weight, bias, pieces) -> None:

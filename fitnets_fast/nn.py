@@ -13,7 +13,6 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import _backend, _checks, ops
 
@@ -100,10 +99,8 @@ class MaxoutConv2d(_MaxoutParams):
         self.backend = _backend.check_name(backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = ops.maxout_conv2d(x, self.weight, self.bias, self.pieces, self.stride, self.padding, backend=self.backend)
-        if self.pool is not None:
-            y = F.max_pool2d(y, self.pool[0], self.pool[1], ceil_mode=True)
-        return y
+        return ops.maxout_conv2d(x, self.weight, self.bias, self.pieces, self.stride, self.padding, self.pool,
+                                 backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_features}, kernel_size={self.kernel_size}, pieces={self.pieces}, "

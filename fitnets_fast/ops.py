@@ -10,7 +10,7 @@ mse_loss / cross_entropy) in float32, ``maxout`` in its input's dtype; the backe
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -41,14 +41,17 @@ def maxout(x: torch.Tensor, pieces: int, *, backend: str = "auto") -> torch.Tens
 
 
 def maxout_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
-                  stride: int = 1, padding: int = 0, *, backend: str = "auto") -> torch.Tensor:
-    """Conv2d + maxout, ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``; see ``reference.maxout_conv2d``."""
+                  stride: int = 1, padding: int = 0, pool: Optional[Tuple[int, int]] = None, *,
+                  backend: str = "auto") -> torch.Tensor:
+    """Conv2d + maxout (+ max-pooling ``pool=(size, stride)``, ceil mode), ``(N, C_in, H, W) -> (N, C_out, H', W')``;
+    see ``reference.maxout_conv2d``."""
     dtype = _autocast_dtype(x, low_precision=True)
     if dtype is not None:
         with torch.autocast(x.device.type, enabled=False):
-            return maxout_conv2d(*_cast(dtype, x, weight, bias), pieces, stride, padding, backend=backend)
-    _checks.maxout_conv2d_args(x, weight, bias, pieces, stride, padding)
-    return _backend.impl("maxout_conv2d", backend, x.device, x.dtype)(x, weight, bias, pieces, stride, padding)
+            return maxout_conv2d(*_cast(dtype, x, weight, bias), pieces, stride, padding, pool, backend=backend)
+    _checks.maxout_conv2d_args(x, weight, bias, pieces, stride, padding, pool)
+    impl = _backend.impl("maxout_conv2d", backend, x.device, x.dtype)
+    return impl(x, weight, bias, pieces, stride, padding, None if pool is None else tuple(pool))
 
 
 def maxout_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int, *,

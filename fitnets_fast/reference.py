@@ -14,7 +14,7 @@ Conventions shared by all ops:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,8 @@ def maxout_impl(x: torch.Tensor, pieces: int) -> torch.Tensor:
 
 
 def maxout_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
-                  stride: int = 1, padding: int = 0) -> torch.Tensor:
-    """Convolution followed by maxout.
+                  stride: int = 1, padding: int = 0, pool: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Convolution followed by maxout, then optional max-pooling (pylearn2's maxout conv layer).
 
     Args:
         x: ``(N, C_in, H, W)``.
@@ -48,16 +48,25 @@ def maxout_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         bias: ``(C_out*pieces,)`` or None.
         pieces: number of linear pieces per output channel (1 = plain linear conv).
         stride, padding: as ``F.conv2d`` (ints; zero padding).
+        pool: ``(size, stride)`` of a square max-pooling of the maxout output, ceil mode (cuda-convnet's
+            geometry: windows that start inside the map, clipped at its edge), or None.
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` with ``H_out = (H + 2*padding - kH) // stride + 1``.
+        ``(N, C_out, H_out, W_out)`` with ``H_out = (H + 2*padding - kH) // stride + 1`` before pooling and
+        ``ceil((H_out - size) / pool_stride) + 1`` after (one less if the last window would start outside).
+        Pooling ties go to the first pixel of the window, as in ``F.max_pool2d``.
     """
-    _checks.maxout_conv2d_args(x, weight, bias, pieces, stride, padding)
-    return maxout_conv2d_impl(x, weight, bias, pieces, stride, padding)
+    _checks.maxout_conv2d_args(x, weight, bias, pieces, stride, padding, pool)
+    return maxout_conv2d_impl(x, weight, bias, pieces, stride, padding, pool)
 
 
-def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0):
-    return maxout_impl(F.conv2d(x, weight, bias, stride, padding), pieces)
+def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None):
+    return max_pool_impl(maxout_impl(F.conv2d(x, weight, bias, stride, padding), pieces), pool)
+
+
+def max_pool_impl(y: torch.Tensor, pool: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """``maxout_conv2d``'s pooling of its maxout output ``y`` (identity for ``pool=None``)."""
+    return y if pool is None else F.max_pool2d(y, pool[0], pool[1], ceil_mode=True)
 
 
 def maxout_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int) -> torch.Tensor:

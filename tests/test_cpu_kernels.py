@@ -115,6 +115,62 @@ def test_maxout_conv2d(cfg, dtype):
     _check("maxout_conv2d", tensors + (cfg["pieces"], cfg["stride"], cfg["padding"]), dtype, names, view=view)
 
 
+# ------------------------------------------------------------------------------ maxout conv + max-pool
+# Each pooling runs through the fused maxout + max-pool kernel unless its window x pieces overflow the
+# one-byte index (the last case: 9 * 9 * 4 > 256), which pools the fused maxout output with PyTorch.
+POOLED = [
+    dict(x=(3, 5, 9, 7), w=(12, 5, 3, 3), pieces=2, padding=1, pool=(2, 2), bias=True),   # ceil: partial windows
+    dict(x=(2, 3, 13, 12), w=(9, 3, 3, 3), pieces=3, padding=0, pool=(3, 2), bias=True),  # overlapping windows
+    dict(x=(2, 4, 12, 11), w=(10, 4, 2, 2), pieces=5, padding=1, pool=(4, 2), bias=False),
+    dict(x=(2, 3, 8, 8), w=(14, 3, 3, 3), pieces=7, padding=1, pool=(8, 1), bias=True),   # global pool, 7 pieces
+    dict(x=(2, 2, 11, 11), w=(8, 2, 3, 3), pieces=4, padding=0, pool=(9, 1), bias=True),  # index would overflow
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", POOLED, ids=[str(c["pool"]) + f"x{c['pieces']}" for c in POOLED])
+def test_maxout_conv2d_pooled(cfg, dtype):
+    names = ["x", "weight"] + (["bias"] if cfg["bias"] else [])
+    tensors = (_r(*cfg["x"]), _r(*cfg["w"])) + ((_r(cfg["w"][0]),) if cfg["bias"] else ())
+
+    def view(x, w, *bias):
+        return (x, w, bias[0] if bias else None)
+
+    _check("maxout_conv2d", tensors + (cfg["pieces"], 1, cfg["padding"], cfg["pool"]), dtype, names, view=view)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxout_conv2d_pooled_ties_nan_and_inf(dtype):
+    """Ties between pieces and between window pixels (integer data), a NaN pixel and -inf windows: the
+    winners, and so the gradients, match conv + maxout + F.max_pool2d."""
+    x = torch.randint(-1, 2, (2, 2, 7, 7)).to(D)
+    w = torch.randint(-1, 2, (6, 2, 1, 1)).to(D)
+    b = torch.tensor([0.0, 1, 1, 0, -INF, -INF], dtype=D)  # channel 2: every piece -inf
+    x[0, 0, 2, 2] = x[0, 0, 3, 3] = NAN  # two NaN pixels in one window: the later one wins, as in max_pool2d
+    x[1, 1, 0, 0] = NAN
+    for pool in [(2, 2), (3, 2)]:
+        _check("maxout_conv2d", (x, w, b, 2, 1, 0, pool), dtype, ["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxout_conv2d_pooled_channels_last_and_empty_batch(dtype):
+    def view(x, w, b):
+        return x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last), b
+
+    _check("maxout_conv2d", (_r(3, 6, 10, 9), _r(16, 6, 3, 3), _r(16), 2, 1, 1, (2, 2)), dtype,
+           ["x", "weight", "bias"], view=view)
+    _check("maxout_conv2d", (_r(0, 3, 6, 6), _r(8, 3, 3, 3), _r(8), 2, 1, 1, (2, 2)), dtype, ["x", "weight", "bias"])
+
+
+def test_maxout_conv2d_pooled_saves_only_a_byte_per_pooled_output():
+    x, w, b = _r(4, 3, 8, 8).requires_grad_(), _r(12, 3, 3, 3).requires_grad_(), _r(12).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ops.maxout_conv2d(x, w, b, 3, 1, 1, (2, 2), backend="cpp")
+    shapes = sorted((tuple(t.shape), t.dtype) for t in saved)
+    assert shapes == sorted([((4, 3, 8, 8), D), ((12, 3, 3, 3), D), ((4, 4, 4, 4), torch.uint8)]), shapes
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels,pieces", [(4, 4), (3, 7), (601, 2)])  # 601: rows longer than a block
 def test_maxout_conv2d_channels_last_and_strided(dtype, channels, pieces):

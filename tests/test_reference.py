@@ -20,6 +20,13 @@ def test_maxout_gradcheck():
     assert torch.autograd.gradcheck(lambda x: reference.maxout(x, 3), (x,))
 
 
+def test_maxout_conv2d_pool_is_maxout_then_ceil_mode_max_pool():
+    x, w, b = torch.randn(2, 3, 9, 9, dtype=torch.float64), torch.randn(8, 3, 3, 3, dtype=torch.float64), None
+    got = reference.maxout_conv2d(x, w, b, 2, 1, 0, (3, 2))
+    want = F.max_pool2d(reference.maxout_conv2d(x, w, b, 2, 1, 0), 3, 2, ceil_mode=True)
+    assert got.shape == (2, 4, 3, 3) and torch.equal(got, want)
+
+
 def test_maxout_conv2d_gradcheck():
     x, w, b = _r(2, 3, 7, 6), _r(10, 3, 3, 3), _r(10)
     assert torch.autograd.gradcheck(lambda x, w, b: reference.maxout_conv2d(x, w, b, 2, 2, 1), (x, w, b))
@@ -126,6 +133,12 @@ BAD = [
     (lambda m: m.maxout_conv2d(torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3), torch.randn(3), 2), ValueError, "bias"),
     (lambda m: m.maxout_conv2d(torch.randn(2, 3, 2, 2), torch.randn(4, 3, 3, 3), None, 2), ValueError, "smaller than the kernel"),
     (lambda m: m.maxout_conv2d(torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3).double(), None, 2), TypeError, "dtype"),
+    (lambda m: m.maxout_conv2d(torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3), None, 2, 1, 0, (4, 2)), ValueError,
+     "pool size 4 is larger than the 3x3"),
+    (lambda m: m.maxout_conv2d(torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3), None, 2, 1, 1, (2, 0)), ValueError,
+     "pool stride must be a positive int"),
+    (lambda m: m.maxout_conv2d(torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3), None, 2, 1, 1, 2), ValueError,
+     r"pool must be None or a \(size, stride\) pair"),
     (lambda m: m.maxout_linear(torch.randn(2, 3), torch.randn(6, 4), None, 2), ValueError, "features"),
     (lambda m: m.maxout_linear(torch.randn(2, 3, 1), torch.randn(6, 3), None, 2), ValueError, "x must be 2-D"),
     (lambda m: m.hint_loss(torch.randn(2, 3, 5, 5), torch.randn(3, 4, 4, 4), torch.randn(8, 3, 2, 2), None, 2),

@@ -116,6 +116,14 @@ def test_maxout_conv2d(c_in, stride, padding, pieces, ksize, config, dtype):
         names=["d/dx", "d/dweight", "d/dbias"])
 
 
+def test_maxout_conv2d_pooled():
+    """``pool`` pools the kernel's output with PyTorch (ceil mode, overlapping windows here)."""
+    check_against_reference(
+        lambda *a: kernels.maxout_conv2d_impl(*a, 2, 1, 1, (3, 2), config=GemmConfig(16, 16, 16)),
+        lambda *a: reference.maxout_conv2d_impl(*a, 2, 1, 1, (3, 2)), [randn(2, 3, 8, 9), randn(6, 3, 3, 3), randn(6)],
+        torch.float64, names=["d/dx", "d/dweight", "d/dbias"])
+
+
 def test_maxout_conv2d_no_bias_and_ties():
     """Identical pieces tie everywhere: the first piece takes the whole gradient."""
     w = randn(2, 4, 3, 3).repeat_interleave(2, dim=0)

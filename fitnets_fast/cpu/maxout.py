@@ -6,6 +6,9 @@ index of the winning piece. Autograd saves only that index (plus whatever the co
 input and weight), never the k-wide pre-activation; the backward scatters the gradient to the winners and
 reduces the bias gradient in one pass, then PyTorch's conv/matmul backward continues.
 
+A pooled ``maxout_conv2d`` (``pool=(size, stride)``) takes maxout and max-pooling in one kernel
+(``fitnets_fast.cpu.maxout_pool``).
+
 ``maxout_conv2d`` runs its convolution in channels-last memory (an NCHW input is converted; the output is
 channels-last too, so a stack of layers converts once): oneDNN's channels-last convolutions are up to 3x
 faster than NCHW ones on the thin layers of FitNets, and the fused kernel reads adjacent pieces there
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C, _alloc, reference
-from . import _common
+from . import _common, maxout_pool
 
 MAX_PIECES = 256
 
@@ -111,12 +114,15 @@ def maxout_impl(x: torch.Tensor, pieces: int) -> torch.Tensor:
     return maxout_bias(x, None, pieces)[0]
 
 
-def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0):
-    """See ``fitnets_fast.reference.maxout_conv2d``."""
+def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None):
+    """See ``fitnets_fast.reference.maxout_conv2d``. With ``pool``, maxout and pooling are one kernel
+    (``maxout_pool``) when its index can hold the window."""
     if pieces == 1 or pieces > MAX_PIECES:
-        return reference.maxout_conv2d_impl(x, weight, bias, pieces, stride, padding)
-    x = x.contiguous(memory_format=torch.channels_last)
-    return maxout_bias(F.conv2d(x, weight, None, stride, padding), bias, pieces)[0]
+        return reference.maxout_conv2d_impl(x, weight, bias, pieces, stride, padding, pool)
+    pre = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, None, stride, padding)
+    if pool is not None and maxout_pool.fits(pieces, pool):
+        return maxout_pool.maxout_pool_bias(pre, bias, pieces, *pool)[0]
+    return reference.max_pool_impl(maxout_bias(pre, bias, pieces)[0], pool)
 
 
 def maxout_linear_impl(x, weight, bias, pieces):

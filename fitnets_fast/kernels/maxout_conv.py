@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .. import _alloc
+from .. import _alloc, reference
 from ._common import GemmConfig, dot_precision, gemm_config, is_fp64, to_acc
 from .maxout import maxout_backward, maxout_fold, winners_needed
 
@@ -209,9 +209,11 @@ def _backward(ctx, grad_y, _grad_idx):
 _maxout_conv2d_op.register_autograd(_backward, setup_context=_setup)
 
 
-def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, *, config: Optional[GemmConfig] = None):
+def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None, *,
+                       config: Optional[GemmConfig] = None):
     """The reference ``maxout_conv2d_impl``: ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` (returned with
-    channels-last strides). ``config`` overrides the heuristic tiles (tests use it)."""
+    channels-last strides); ``pool`` runs PyTorch's max-pooling on that output. ``config`` overrides the
+    heuristic tiles (tests use it)."""
     geo = conv_geometry(x, weight, pieces, stride, padding)
     cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in)
     y, _ = _maxout_conv2d_op(
@@ -219,4 +221,4 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, *, config: 
         None if bias is None else bias.contiguous(), pieces, stride, padding,
         pieces > 1 and winners_needed(x, weight, bias),
         torch.backends.cudnn.allow_tf32, *cfg)
-    return y.permute(0, 3, 1, 2)
+    return reference.max_pool_impl(y.permute(0, 3, 1, 2), pool)

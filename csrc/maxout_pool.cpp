@@ -1,0 +1,159 @@
+// Maxout with bias followed by max-pooling, in one pass over a channels-last pre-activation.
+//
+// Layout: pre (N, H, W, C*K) contiguous (pieces of channel c adjacent, bias[c*K + p]); outputs (N, Ho, Wo, C)
+// contiguous: the pooled maxout value and a one-byte index (dy*P + dx)*K + p of the winner, dy, dx its
+// place in the P x P window (rows ho*Q ..., columns wo*Q ..., clipped to the map: ceil-mode windows).
+// Winners follow the two-step reference (maxout, then torch's max_pool2d): within a pixel the largest piece,
+// ties to the lowest, the first NaN; across the window, scanned row by row, a strictly larger value or any
+// NaN takes over (so ties go to the first pixel and NaN to the last NaN pixel).
+#include <pybind11/pybind11.h>
+
+#include <limits>
+
+#include "maxout_kernels.h"
+
+namespace py = pybind11;
+
+namespace fitnets {
+namespace {
+
+struct PoolShape {
+    int64_t N, H, W, C, K, P, Q, Ho, Wo;
+};
+
+// Folds one pixel's maxout (value, piece) into the window's running winner of each of n channels.
+template <typename T>
+inline void fold_pixel(const T* __restrict value, const int32_t* __restrict piece, int32_t place, int64_t K,
+                       int64_t n, T* __restrict best, int32_t* __restrict index) {
+    for (int64_t c = 0; c < n; ++c) {
+        const T v = value[c];
+        const bool take = (v > best[c]) | (v != v);
+        best[c] = take ? v : best[c];
+        index[c] = take ? place * int32_t(K) + piece[c] : index[c];
+    }
+}
+
+// KC: the number of pieces at compile time, or 0 (see with_pieces).
+template <typename T, bool HasBias, int KC>
+void forward(const T* pre, const T* bias, T* out, uint8_t* index_out, PoolShape sh, int threads) {
+    const int64_t C = sh.C, K = sh.K, CK = C * K;
+    const int64_t blocks = (C + kBlock - 1) / kBlock;
+#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+    for (int64_t n = 0; n < sh.N; ++n) {
+        for (int64_t ho = 0; ho < sh.Ho; ++ho) {
+            T value[kBlock], best[kBlock];
+            int32_t piece[kBlock], index[kBlock];
+            const int64_t h0 = ho * sh.Q, h1 = std::min(h0 + sh.P, sh.H);
+            for (int64_t wo = 0; wo < sh.Wo; ++wo) {
+                const int64_t w0 = wo * sh.Q, w1 = std::min(w0 + sh.P, sh.W);
+                for (int64_t b = 0; b < blocks; ++b) {
+                    const int64_t c0 = b * kBlock, len = std::min(kBlock, C - c0);
+                    std::fill(best, best + len, -std::numeric_limits<T>::infinity());
+                    std::fill(index, index + len, 0);
+                    for (int64_t h = h0; h < h1; ++h) {
+                        for (int64_t w = w0; w < w1; ++w) {
+                            const T* px = pre + ((n * sh.H + h) * sh.W + w) * CK + c0 * K;
+                            max_adjacent<T, HasBias, KC>(px, HasBias ? bias + c0 * K : nullptr, len, K, value, piece);
+                            const int32_t place = int32_t((h - h0) * sh.P + (w - w0));
+                            fold_pixel(value, piece, place, K, len, best, index);
+                        }
+                    }
+                    const int64_t o = ((n * sh.Ho + ho) * sh.Wo + wo) * C + c0;
+                    for (int64_t c = 0; c < len; ++c) {
+                        out[o + c] = best[c];
+                        index_out[o + c] = uint8_t(index[c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// grad_pre (N, H, W, C*K) = grad_out at each window's winner (summed where windows overlap), 0
+// elsewhere; grad_bias (C*K,), if not null, = grad_pre summed over N, H, W. Threads split the images.
+template <typename T>
+void backward(const T* grad_out, const uint8_t* index, T* grad_pre, T* grad_bias, PoolShape sh, int threads) {
+    const int64_t C = sh.C, K = sh.K, CK = C * K;
+    const int64_t image = sh.H * sh.W * CK;
+    std::vector<double> partial(grad_bias ? size_t(threads) * CK : 0, 0.0);
+#pragma omp parallel num_threads(threads)
+    {
+        double* mine = grad_bias ? partial.data() + size_t(omp_get_thread_num()) * CK : nullptr;
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < sh.N; ++n) {
+            T* gp = grad_pre + n * image;
+            std::fill(gp, gp + image, T(0));
+            for (int64_t ho = 0; ho < sh.Ho; ++ho) {
+                for (int64_t wo = 0; wo < sh.Wo; ++wo) {
+                    const int64_t o = ((n * sh.Ho + ho) * sh.Wo + wo) * C;
+                    for (int64_t c = 0; c < C; ++c) {
+                        const int64_t at = index[o + c];
+                        const int64_t place = at / K, p = at % K;
+                        const int64_t h = ho * sh.Q + place / sh.P, w = wo * sh.Q + place % sh.P;
+                        const T g = grad_out[o + c];
+                        gp[(h * sh.W + w) * CK + c * K + p] += g;
+                        if (mine) mine[c * K + p] += g;
+                    }
+                }
+            }
+        }
+    }
+    if (grad_bias) {
+        for (int64_t j = 0; j < CK; ++j) {
+            double sum = 0.0;
+            for (int t = 0; t < threads; ++t) sum += partial[size_t(t) * CK + j];
+            grad_bias[j] = T(sum);
+        }
+    }
+}
+
+PoolShape pool_shape(int64_t N, int64_t H, int64_t W, int64_t C, int64_t K, int64_t P, int64_t Q, int64_t Ho,
+                     int64_t Wo) {
+    const bool ok = N >= 0 && H > 0 && W > 0 && C >= 0 && K >= 1 && P >= 1 && Q >= 1 && P * P * K <= 256 &&
+                    Ho >= 1 && Wo >= 1 && (Ho - 1) * Q < H && (Wo - 1) * Q < W;
+    if (!ok) throw std::invalid_argument("bad maxout_pool shape");
+    return PoolShape{N, H, W, C, K, P, Q, Ho, Wo};
+}
+
+}  // namespace
+
+void register_maxout_pool(py::module_& m) {
+    m.def(
+        "maxout_pool_forward",
+        [](const std::string& dtype, std::uintptr_t pre, std::uintptr_t bias, std::uintptr_t out, std::uintptr_t index,
+           int64_t N, int64_t H, int64_t W, int64_t C, int64_t K, int64_t P, int64_t Q, int64_t Ho, int64_t Wo,
+           int threads) {
+            const PoolShape sh = pool_shape(N, H, W, C, K, P, Q, Ho, Wo);
+            dispatch_float(dtype, [&](auto tag) {
+                using T = decltype(tag);
+                with_pieces(K, [&](auto k) {
+                    constexpr int KC = decltype(k)::value;
+                    if (bias)
+                        forward<T, true, KC>(ptr<const T>(pre), ptr<const T>(bias), ptr<T>(out), ptr<uint8_t>(index),
+                                             sh, threads);
+                    else
+                        forward<T, false, KC>(ptr<const T>(pre), nullptr, ptr<T>(out), ptr<uint8_t>(index), sh,
+                                              threads);
+                });
+            });
+        },
+        py::call_guard<py::gil_scoped_release>(),
+        "Maxout (+ bias (C*K,) if bias != 0) then P x P max-pooling with stride Q over a contiguous (N, H, W, C*K) "
+        "pre-activation: writes out (N, Ho, Wo, C) and the winner's index (dy*P + dx)*K + p (uint8).");
+    m.def(
+        "maxout_pool_backward",
+        [](const std::string& dtype, std::uintptr_t grad_out, std::uintptr_t index, std::uintptr_t grad_pre, std::uintptr_t grad_bias, int64_t N, int64_t H, int64_t W, int64_t C, int64_t K,
+           int64_t P, int64_t Q, int64_t Ho, int64_t Wo, int threads) {
+            const PoolShape sh = pool_shape(N, H, W, C, K, P, Q, Ho, Wo);
+            dispatch_float(dtype, [&](auto tag) {
+                using T = decltype(tag);
+                backward<T>(ptr<const T>(grad_out), ptr<const uint8_t>(index), ptr<T>(grad_pre),
+                            grad_bias ? ptr<T>(grad_bias) : nullptr, sh, threads);
+            });
+        },
+        py::call_guard<py::gil_scoped_release>(),
+        "Backward of maxout_pool_forward: grad_pre (N, H, W, C*K) = grad_out at the winners (summed over "
+        "overlapping windows), else 0; grad_bias (C*K,), if != 0, = grad_pre summed over N, H, W.");
+}
+
+}  // namespace fitnets

@@ -1,0 +1,106 @@
+"""Maxout with a fused bias and max-pooling on the C++ kernel: the pooled layers of ``maxout_conv2d``.
+
+One pass over the channels-last, k-wide pre-activation (the bias-free convolution's output) takes the max
+over the pieces and over each pooling window and writes only the pooled output plus a one-byte index of
+the winner (window pixel and piece), so neither the unpooled maxout output nor PyTorch's int64 pooling
+indices exist. The backward scatters the gradient to the winners (adding where windows overlap) and
+reduces the bias gradient in the same pass. Winners match ``reference.maxout_conv2d``: see
+``csrc/maxout_pool.cpp``.
+
+The index holds ``size * size * pieces`` values at most 256; ``fits`` says when a pooling qualifies.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _C, _alloc
+from . import _common
+
+_MAX_INDEX = 256
+
+
+def fits(pieces: int, pool: Tuple[int, int]) -> bool:
+    """True when every (window pixel, piece) of a ``pool=(size, stride)`` window fits the one-byte index."""
+    return pool[0] * pool[0] * pieces <= _MAX_INDEX
+
+
+def pooled_size(size: int, pool: int, stride: int) -> int:
+    """Output size of ceil-mode max-pooling without padding (``F.max_pool2d``'s rule)."""
+    out = -(-(size - pool) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size else out
+
+
+def _geometry(pre: torch.Tensor, pieces: int, size: int, stride: int):
+    n, ck, h, w = pre.shape
+    return n, h, w, ck // pieces, pieces, size, stride, pooled_size(h, size, stride), pooled_size(w, size, stride)
+
+
+def _outputs(pre: torch.Tensor, pieces: int, size: int, stride: int):
+    n, _h, _w, c, _k, _p, _q, ho, wo = _geometry(pre, pieces, size, stride)
+    out = _common.empty_in_layout((n, c, ho, wo), pre.dtype, pre, channels_last=True)
+    index = _common.empty_in_layout((n, c, ho, wo), torch.uint8, pre, channels_last=True)
+    return out, index
+
+
+def _maxout_pool_bias(pre: torch.Tensor, bias: Optional[torch.Tensor], pieces: int, size: int,
+                      stride: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``pre (N, C*K, H, W)`` (+ bias ``(C*K,)``) -> (pooled maxout ``(N, C, Ho, Wo)``, uint8 winner index
+    ``(N, C, Ho, Wo)``), both channels-last."""
+    pre = _common.to_layout(pre, channels_last=True)
+    bias = None if bias is None else bias.contiguous()
+    out, index = _outputs(pre, pieces, size, stride)
+    _C.maxout_pool_forward(_common.dtype_name(pre), pre.data_ptr(), _common.address(bias), out.data_ptr(),
+                           index.data_ptr(), *_geometry(pre, pieces, size, stride), _common.threads())
+    return out, index
+
+
+def _maxout_pool_bias_fake(pre, bias, pieces, size, stride):
+    return _outputs(pre, pieces, size, stride)
+
+
+def _maxout_pool_bias_backward(grad_out: torch.Tensor, index: torch.Tensor, pieces: int, size: int, stride: int,
+                               height: int, width: int, bias_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``maxout_pool_bias``: (``grad_pre (N, C*K, height, width)`` channels-last, ``grad_bias
+    (C*K,)`` or ``(0,)`` if not ``bias_grad``)."""
+    grad_out = _common.to_layout(grad_out, channels_last=True)
+    grad_pre, grad_bias = _backward_outputs(grad_out, pieces, height, width, bias_grad)
+    n, c, ho, wo = grad_out.shape
+    _C.maxout_pool_backward(_common.dtype_name(grad_out), grad_out.data_ptr(), index.data_ptr(), grad_pre.data_ptr(), grad_bias.data_ptr() if bias_grad else 0, n, height, width, c,
+                            pieces, size, stride, ho, wo, _common.threads())
+    return grad_pre, grad_bias
+
+
+def _maxout_pool_bias_backward_fake(grad_out, index, pieces, size, stride, height, width, bias_grad):
+    return _backward_outputs(grad_out, pieces, height, width, bias_grad)
+
+
+def _backward_outputs(grad_out: torch.Tensor, pieces: int, height: int, width: int, bias_grad: bool):
+    n, c = grad_out.shape[:2]
+    grad_pre = _common.empty_in_layout((n, c * pieces, height, width), grad_out.dtype, grad_out, channels_last=True)
+    grad_bias = _alloc.empty((c * pieces if bias_grad else 0,), dtype=grad_out.dtype, device=grad_out.device)
+    return grad_pre, grad_bias
+
+
+maxout_pool_bias_backward = _common.fused_op("fitnets_fast_cpu::maxout_pool_bias_backward",
+                                             _maxout_pool_bias_backward, _maxout_pool_bias_backward_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    pre, bias, pieces, size, stride = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.args = (pieces, size, stride, pre.shape[2], pre.shape[3])
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out, _grad_index):
+    (index,) = ctx.saved_tensors
+    bias_grad = ctx.has_bias and ctx.needs_input_grad[1]
+    grad_pre, grad_bias = maxout_pool_bias_backward(grad_out, index, *ctx.args, bias_grad)
+    return grad_pre, (grad_bias if bias_grad else None), None, None, None
+
+
+maxout_pool_bias = _common.fused_op("fitnets_fast_cpu::maxout_pool_bias", _maxout_pool_bias, _maxout_pool_bias_fake,
+                                    _setup_context, _backward)
