@@ -455,7 +455,7 @@ def test_compile_fullgraph_small_model_matches_eager():
     y = torch.tensor([1, 2, 3, -100, 0])
 
     def step(x):
-        h = ops.maxout_conv2d(x, w1, b1, 2, 2, 1)  # (5, 4, 4, 4)
+        h = ops.maxout_conv2d(x, w1, b1, 2, 1, 1, (2, 2))  # (5, 4, 4, 4): the fused maxout + max-pool
         logits = ops.maxout_linear(h.flatten(1), wl, bl, 2)
         return ops.kd_loss(logits, t, y) + ops.hint_loss(h, hint, wr, None, 2) + ops.maxout(h, 2).sum()
 
