@@ -196,7 +196,8 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
         // (C > kBlock) or several whole rows.
         const int64_t blocks_per_row = (C + kBlock - 1) / kBlock;
         const int64_t rows_per_block = blocks_per_row == 1 ? std::max<int64_t>(1, kBlock / C) : 1;
-        const int64_t tasks = blocks_per_row == 1 ? (sh.M + rows_per_block - 1) / rows_per_block : sh.M * blocks_per_row;
+        const int64_t tasks =
+            blocks_per_row == 1 ? (sh.M + rows_per_block - 1) / rows_per_block : sh.M * blocks_per_row;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
         for (int64_t task = 0; task < tasks; ++task) {
             T best[kBlock];
@@ -295,8 +296,8 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, T scale, T* grad_i
             for (int64_t r = 0; r < rows; ++r) {
                 const int64_t c = r % C;
                 with_pieces(K, [&](auto k) {
-                    scatter_row<T, decltype(k)::value>(grad_out + r * S, piece + r * S, scale, grad_in + r * K * S, S, K,
-                                                       want_bias ? mine + c * K : nullptr);
+                    scatter_row<T, decltype(k)::value>(grad_out + r * S, piece + r * S, scale, grad_in + r * K * S,
+                                                       S, K, want_bias ? mine + c * K : nullptr);
                 });
             }
         }

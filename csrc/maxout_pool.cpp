@@ -142,8 +142,9 @@ void register_maxout_pool(py::module_& m) {
         "pre-activation: writes out (N, Ho, Wo, C) and the winner's index (dy*P + dx)*K + p (uint8).");
     m.def(
         "maxout_pool_backward",
-        [](const std::string& dtype, std::uintptr_t grad_out, std::uintptr_t index, std::uintptr_t grad_pre, std::uintptr_t grad_bias, int64_t N, int64_t H, int64_t W, int64_t C, int64_t K,
-           int64_t P, int64_t Q, int64_t Ho, int64_t Wo, int threads) {
+        [](const std::string& dtype, std::uintptr_t grad_out, std::uintptr_t index, std::uintptr_t grad_pre,
+           std::uintptr_t grad_bias, int64_t N, int64_t H, int64_t W, int64_t C, int64_t K, int64_t P, int64_t Q,
+           int64_t Ho, int64_t Wo, int threads) {
             const PoolShape sh = pool_shape(N, H, W, C, K, P, Q, Ho, Wo);
             dispatch_float(dtype, [&](auto tag) {
                 using T = decltype(tag);

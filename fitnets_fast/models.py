@@ -53,7 +53,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from . import _backend, _checks
+from . import _backend, _checks, reference
 from .nn import HintLoss, MaxoutConv2d, MaxoutLinear
 
 __all__ = ["Conv", "Dense", "Arch", "MaxoutNet", "build", "names", "arch", "build_regressor",
@@ -213,13 +213,6 @@ def arch(name: str) -> Arch:
 # Geometry and counts
 # ---------------------------------------------------------------------------------------------------------
 
-def _pooled(size: int, pool: int, stride: int) -> int:
-    """Ceil-mode pooled size, PyTorch's rule (cuda-convnet's ``ceil((size - pool)/stride) + 1`` whenever the
-    last window starts inside the map, which holds for every net here)."""
-    out = -(-(size - pool) // stride) + 1
-    return out - 1 if (out - 1) * stride >= size else out
-
-
 def _geometry(layer: nn.Module, in_shape: Shape) -> Tuple[Shape, Shape]:
     """``(detector_shape, output_shape)`` of a maxout layer fed ``in_shape``: conv ``(C, H, W)`` before and
     after pooling; linear ``(units,)`` twice. Raises ValueError when the input does not fit the layer."""
@@ -235,7 +228,7 @@ def _geometry(layer: nn.Module, in_shape: Shape) -> Tuple[Shape, Shape]:
         if layer.pool is not None:
             if layer.pool[0] > min(det):
                 raise ValueError(f"pool {layer.pool[0]} is larger than the {det[0]}x{det[1]} map")
-            out = tuple(_pooled(n, *layer.pool) for n in det)
+            out = tuple(reference.pooled_size(n, *layer.pool) for n in det)
         return (layer.out_features,) + det, (layer.out_features,) + out
     if isinstance(layer, MaxoutLinear):
         if math.prod(in_shape) != layer.in_features:

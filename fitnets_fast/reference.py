@@ -69,6 +69,13 @@ def max_pool_impl(y: torch.Tensor, pool: Optional[Tuple[int, int]]) -> torch.Ten
     return y if pool is None else F.max_pool2d(y, pool[0], pool[1], ceil_mode=True)
 
 
+def pooled_size(size: int, pool: int, stride: int) -> int:
+    """Length of a ``size``-long side after ``max_pool_impl`` with ``pool=(pool, stride)``: PyTorch's ceil-mode
+    rule, cuda-convnet's ``ceil((size - pool) / stride) + 1`` unless the last window would start outside."""
+    out = -(-(size - pool) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size else out
+
+
 def maxout_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int) -> torch.Tensor:
     """Fully-connected layer followed by maxout.
 

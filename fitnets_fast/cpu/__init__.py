@@ -4,8 +4,9 @@ Exposes the ``*_impl`` functions of ``fitnets_fast.reference`` with identical si
 float64 tensors. Each kernel is a custom op (``fitnets_fast_cpu::maxout_bias``, ``maxout_bias_backward``,
 ``maxout_pool_bias``, ``maxout_pool_bias_backward``, ``hint_epilogue``, ``kd_loss``, ``kd_loss_teacher_grad``)
 with a fake (meta) implementation and an autograd formula, so ``torch.compile(fullgraph=True)`` traces models
-using them without graph breaks; eager calls run the same functions through a plain ``torch.autograd.Function`` (see
-``_common.fused_op``). Convolutions and matmuls stay PyTorch's (bias-free); the kernels fuse what follows them.
+using them without graph breaks; eager calls run the same functions through a plain
+``torch.autograd.Function`` (see ``_common.fused_op``). Convolutions and matmuls stay PyTorch's (bias-free);
+the kernels fuse what follows them.
 Importing this package raises ImportError when the extension was not built; ``fitnets_fast._backend``
 records that and falls back to the reference.
 """

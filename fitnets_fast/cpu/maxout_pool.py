@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .. import _C, _alloc
+from .. import _C, _alloc, reference
 from . import _common
 
 _MAX_INDEX = 256
@@ -26,15 +26,11 @@ def fits(pieces: int, pool: Tuple[int, int]) -> bool:
     return pool[0] * pool[0] * pieces <= _MAX_INDEX
 
 
-def pooled_size(size: int, pool: int, stride: int) -> int:
-    """Output size of ceil-mode max-pooling without padding (``F.max_pool2d``'s rule)."""
-    out = -(-(size - pool) // stride) + 1
-    return out - 1 if (out - 1) * stride >= size else out
-
-
 def _geometry(pre: torch.Tensor, pieces: int, size: int, stride: int):
+    """The kernels' shape arguments ``(N, H, W, C, K, P, Q, Ho, Wo)`` for a ``(N, C*K, H, W)`` pre-activation."""
     n, ck, h, w = pre.shape
-    return n, h, w, ck // pieces, pieces, size, stride, pooled_size(h, size, stride), pooled_size(w, size, stride)
+    ho, wo = reference.pooled_size(h, size, stride), reference.pooled_size(w, size, stride)
+    return n, h, w, ck // pieces, pieces, size, stride, ho, wo
 
 
 def _outputs(pre: torch.Tensor, pieces: int, size: int, stride: int):
@@ -67,8 +63,9 @@ def _maxout_pool_bias_backward(grad_out: torch.Tensor, index: torch.Tensor, piec
     grad_out = _common.to_layout(grad_out, channels_last=True)
     grad_pre, grad_bias = _backward_outputs(grad_out, pieces, height, width, bias_grad)
     n, c, ho, wo = grad_out.shape
-    _C.maxout_pool_backward(_common.dtype_name(grad_out), grad_out.data_ptr(), index.data_ptr(), grad_pre.data_ptr(), grad_bias.data_ptr() if bias_grad else 0, n, height, width, c,
-                            pieces, size, stride, ho, wo, _common.threads())
+    _C.maxout_pool_backward(_common.dtype_name(grad_out), grad_out.data_ptr(), index.data_ptr(), grad_pre.data_ptr(),
+                            grad_bias.data_ptr() if bias_grad else 0, n, height, width, c, pieces, size, stride, ho,
+                            wo, _common.threads())
     return grad_pre, grad_bias
 
 
@@ -78,7 +75,8 @@ def _maxout_pool_bias_backward_fake(grad_out, index, pieces, size, stride, heigh
 
 def _backward_outputs(grad_out: torch.Tensor, pieces: int, height: int, width: int, bias_grad: bool):
     n, c = grad_out.shape[:2]
-    grad_pre = _common.empty_in_layout((n, c * pieces, height, width), grad_out.dtype, grad_out, channels_last=True)
+    grad_pre = _common.empty_in_layout((n, c * pieces, height, width), grad_out.dtype, grad_out,
+                                       channels_last=True)
     grad_bias = _alloc.empty((c * pieces if bias_grad else 0,), dtype=grad_out.dtype, device=grad_out.device)
     return grad_pre, grad_bias
 
