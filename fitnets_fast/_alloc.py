@@ -9,10 +9,11 @@ Kernels allocate every output and saved buffer through ``empty``. Two things hap
   previous step's buffers are garbage. So ``empty(..., like=x)`` keeps the storages of large outputs and
   hands one out again once nothing references it any more (its storage's use count is back to the pool's
   own reference); anything still in use (saved for a backward, kept by the caller) is never handed out
-  twice. Each hand-out is a new tensor over the storage, with its own autograd metadata and version counter. The pool keeps at most
-  ``FITNETS_FAST_BUFFER_POOL_MB`` MiB (default 2048; 0 turns reuse off) and drops the least recently
-  used idle storages beyond that. Reuse applies only where ``like`` is a plain CPU ``torch.Tensor`` (so
-  fake tensors under ``torch.compile`` tracing and tensor subclasses get ordinary allocations).
+  twice. Each hand-out is a new tensor over the storage, with its own autograd metadata and version
+  counter. The pool keeps at most ``FITNETS_FAST_BUFFER_POOL_MB`` MiB (default 2048; 0 turns reuse off)
+  and drops the least recently used idle storages beyond that. Reuse applies only where ``like`` is a
+  plain CPU ``torch.Tensor`` (so fake tensors under ``torch.compile`` tracing and tensor subclasses get
+  ordinary allocations).
 * **Poisoning**: inside ``poisoned()`` (tests only), floating buffers are filled with NaN and integer
   buffers with their maximum value first, so an element a kernel forgets to write shows up as a wrong
   result instead of passing by luck (reused buffers are poisoned too).
