@@ -78,7 +78,8 @@ def _pool_limit_bytes() -> int:
         raise ValueError(f"FITNETS_FAST_BUFFER_POOL_MB must be an integer (MiB), got {megabytes!r}") from None
 
 
-_pool = _StoragePool(_pool_limit_bytes())
+# Reuse needs PyTorch's storage use count (a private binding): without it, every output is a new tensor.
+_pool = _StoragePool(_pool_limit_bytes() if hasattr(torch._C, "_storage_Use_Count") else 0)
 
 
 def empty(shape: Sequence[int], *, dtype: torch.dtype, device: torch.device,
