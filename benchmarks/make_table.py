@@ -6,6 +6,7 @@
 Writes ``benchmarks/results/cpu-<machine>.md`` (every variant's median with min-max, and the ratios) and
 replaces the CPU section of ``benchmarks/README.md`` (between the ``cpu-table`` markers) with the ratio
 table. Ratios are speed-ups of the fused C++ variant: ``reference / fused`` etc. (> 1: fused is faster).
+Training steps that were also timed under bfloat16 autocast (``*-bf16`` variants) get a second table.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 START, END = "<!-- cpu-table:start -->", "<!-- cpu-table:end -->"
-# The issue's targets for fwd+bwd speed-ups of the fused variant (op, shape or None = every shape, baseline, x).
+# Issue 5's targets for fwd+bwd speed-ups of the fused float32 variant
+# (op, shape or None = every shape, baseline, x).
 TARGETS = [
     ("maxout", None, "reference", 5.0), ("maxout", None, "compiled", 1.5),
     ("kd_loss", "1024x1000", "reference", 5.0), ("kd_loss", "4096x32000", "reference", 5.0),
@@ -26,6 +28,10 @@ TARGETS = [
     ("train_step", "fitnet1", "reference", 1.8), ("train_step", "fitnet1", "compiled", 1.2),
     ("train_step", "fitnet4", "reference", 1.8), ("train_step", "fitnet4", "compiled", 1.2),
 ]
+# Baselines of the bfloat16-autocast training step (fused-bf16 / baseline), with their column titles.
+BF16_BASELINES = [("reference", "x eager fp32"), ("compiled", "x torch.compile fp32"),
+                  ("reference-bf16", "x eager bf16"), ("compiled-bf16", "x torch.compile bf16"),
+                  ("fused", "x fused fp32")]
 
 
 def load(path: str) -> Dict:
@@ -46,9 +52,9 @@ def _ms(v: Dict) -> str:
     return f"{v['median_ms']:.3g} ({v['min_ms']:.3g}-{v['max_ms']:.3g})"
 
 
-def _ratio(info: Dict, baseline: str) -> float:
+def _ratio(info: Dict, baseline: str, fused: str = "fused") -> float:
     variants = info["variants"]
-    return variants[baseline]["median_ms"] / variants["fused"]["median_ms"]
+    return variants[baseline]["median_ms"] / variants[fused]["median_ms"]
 
 
 def _roofline(info: Dict) -> str:
@@ -69,6 +75,21 @@ def ratio_table(infos: List[Dict]) -> str:
         lines.append(f"| {info['op']} | {info['shape']} | {info['mode']} | {v['fused']['median_ms']:.3g} "
                      f"| {_ratio(info, 'reference'):.2f} | {amax} | {_ratio(info, 'compiled'):.2f} "
                      f"| {_roofline(info)} |")
+    return "\n".join(lines)
+
+
+def bf16_table(infos: List[Dict]) -> str:
+    """Speed-ups of the fused step under bfloat16 autocast, for the rows that timed one ("" if none)."""
+    mixed = [info for info in infos if "fused-bf16" in info["variants"]]
+    if not mixed:
+        return ""
+    lines = ["| op | shape | fused-bf16 ms | " + " | ".join(title for _, title in BF16_BASELINES) + " |",
+             "|---|---|---|" + "---|" * len(BF16_BASELINES)]
+    for info in mixed:
+        cells = [f"{_ratio(info, name, 'fused-bf16'):.2f}" if name in info["variants"] else ""
+                 for name, _ in BF16_BASELINES]
+        lines.append(f"| {info['op']} | {info['shape']} | {info['variants']['fused-bf16']['median_ms']:.3g} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -119,6 +140,10 @@ def main() -> None:
     infos = rows(data)
     head = header(data, infos, args.machine)
     ratios = ratio_table(infos)
+    mixed = bf16_table(infos)
+    if mixed:
+        ratios += ("\n\nUnder bfloat16 autocast (the trainer's `amp=\"bf16\"`), the fused training step against "
+                   "each baseline:\n\n" + mixed)
     results = os.path.join(HERE, "results", f"cpu-{args.machine}.md")
     os.makedirs(os.path.dirname(results), exist_ok=True)
     with open(results, "w") as f:

@@ -1,9 +1,13 @@
-"""One full training step (forward, cross-entropy, backward, RMSProp, max-norm) at batch 128, fp32.
+"""One full training step (forward, cross-entropy, backward, RMSProp, max-norm) at batch 128.
 
-Variants: ``fused`` (every layer on the C++ kernels, with the trainer's ``channels_last=true``: NHWC batch
-and conv weights), ``reference`` (the eager reference model, NCHW as PyTorch users write it; NHWC makes it
-slower) and ``compiled`` (``torch.compile`` of the reference model's forward; the optimizer runs eagerly).
+Variants, float32: ``fused`` (every layer on the C++ kernels, with the trainer's ``channels_last=true``: NHWC
+batch and conv weights), ``reference`` (the eager reference model, NCHW as PyTorch users write it; NHWC makes
+it slower) and ``compiled`` (``torch.compile`` of the reference model's forward; the optimizer runs eagerly).
+The same three with ``-bf16`` run the forward under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the
+trainer's ``amp="bf16"``: bfloat16 convolutions and maxout, float32 weights, loss and optimizer).
 """
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +19,7 @@ N = 128
 MODELS = ["fitnet1", "fitnet4", "teacher_cifar"]
 
 
-def _step_fn(name: str, backend: str, compile_model: bool, channels_last: bool = False):
+def _step_fn(name: str, backend: str, compile_model: bool, channels_last: bool = False, bf16: bool = False):
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = models.build(name, backend=backend).to(memory_format=layout)
@@ -25,10 +29,13 @@ def _step_fn(name: str, backend: str, compile_model: bool, channels_last: bool =
     forward = torch.compile(model, dynamic=False) if compile_model else model
     x = torch.randn(N, *model.input_shape).contiguous(memory_format=layout)
     y = torch.randint(0, model.num_classes, (N,))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(forward(x), y).backward()
+        with autocast():
+            loss = F.cross_entropy(forward(x), y)
+        loss.backward()
         opt.step()
         max_norm.apply()
 
@@ -38,7 +45,9 @@ def _step_fn(name: str, backend: str, compile_model: bool, channels_last: bool =
 @pytest.mark.parametrize("name", MODELS)
 def test_train_step(interleaved, name):
     torch._dynamo.reset()
-    variants = {"fused": _step_fn(name, "cpp", False, channels_last=True),
-                "reference": _step_fn(name, "reference", False),
-                "compiled": _step_fn(name, "reference", True)}
+    variants = {}
+    for suffix, bf16 in [("", False), ("-bf16", True)]:
+        variants.update({"fused" + suffix: _step_fn(name, "cpp", False, channels_last=True, bf16=bf16),
+                         "reference" + suffix: _step_fn(name, "reference", False, bf16=bf16),
+                         "compiled" + suffix: _step_fn(name, "reference", True, bf16=bf16)})
     interleaved(variants, rounds(5), op="train_step", shape=name, mode="fwd+bwd+opt", images=N)

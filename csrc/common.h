@@ -1,4 +1,5 @@
-// Shared helpers for the fused CPU kernels: raw-pointer views, dtype dispatch and a vectorisable exp.
+// Shared helpers for the fused CPU kernels: raw-pointer views, a bfloat16 storage type, dtype dispatch and a
+// vectorisable exp.
 //
 // The Python side (fitnets_fast/cpu/) passes data pointers as integers together with sizes; every tensor
 // it passes is contiguous in the layout the kernel documents, and outputs are preallocated by Python.
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace fitnets {
 
@@ -20,12 +22,49 @@ inline T* ptr(std::uintptr_t address) {
     return reinterpret_cast<T*>(address);
 }
 
-// Calls fn.template operator()<float>() or <double>() for the dtype name passed from Python.
+// torch.bfloat16 in memory: the upper 16 bits of a float. Arithmetic happens in float (Arith<bfloat16>);
+// converting back rounds to nearest, ties to even, and keeps NaN a (quiet) NaN. Branch-free, so loops
+// over it vectorise.
+struct bfloat16 {
+    uint16_t bits;
+    bfloat16() = default;
+    template <typename U, typename = std::enable_if_t<std::is_arithmetic<U>::value>>
+    explicit bfloat16(U value) {
+        const float f = float(value);
+        uint32_t u;
+        std::memcpy(&u, &f, sizeof u);
+        const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+        bits = uint16_t(nan ? (u >> 16) | 0x40u : rounded);
+    }
+    operator float() const {
+        const uint32_t u = uint32_t(bits) << 16;
+        float f;
+        std::memcpy(&f, &u, sizeof f);
+        return f;
+    }
+};
+
+// The type element-wise arithmetic on stored T values uses: T itself, float for bfloat16.
+template <typename T> struct ArithOf { using type = T; };
+template <> struct ArithOf<bfloat16> { using type = float; };
+template <typename T> using Arith = typename ArithOf<T>::type;
+
+// Calls fn(float{}) or fn(double{}) for the dtype name passed from Python.
 template <typename Fn>
 inline auto dispatch_float(const std::string& dtype, Fn&& fn) {
     if (dtype == "float32") return fn(float{});
     if (dtype == "float64") return fn(double{});
-    throw std::invalid_argument("fitnets_fast._C supports float32 and float64, got " + dtype);
+    throw std::invalid_argument("fitnets_fast._C supports float32 and float64 here, got " + dtype);
+}
+
+// dispatch_float, plus fn(bfloat16{}) for "bfloat16" (the maxout kernels, which only compare, add a bias
+// and copy, handle bfloat16 storage too).
+template <typename Fn>
+inline auto dispatch_float_or_bf16(const std::string& dtype, Fn&& fn) {
+    if (dtype == "bfloat16") return fn(bfloat16{});
+    if (dtype == "float32" || dtype == "float64") return dispatch_float(dtype, fn);
+    throw std::invalid_argument("fitnets_fast._C supports float32, float64 and bfloat16 here, got " + dtype);
 }
 
 // exp(x) for x <= 0 (and NaN), written branch-free so that gcc vectorises loops calling it.

@@ -1,4 +1,5 @@
-// Maxout with bias: forward (output + one-byte winning piece per output element) and backward.
+// Maxout with bias: forward (output + one-byte winning piece per output element) and backward, for float,
+// double and bfloat16 storage.
 #include <pybind11/pybind11.h>
 
 #include "maxout_kernels.h"
@@ -9,10 +10,10 @@ namespace fitnets {
 namespace {
 
 template <typename T>
-inline void store(T* __restrict y, uint8_t* __restrict w, const T* __restrict best, const int32_t* __restrict win,
-                  int64_t len) {
+inline void store(T* __restrict y, uint8_t* __restrict w, const Arith<T>* __restrict best,
+                  const int32_t* __restrict win, int64_t len) {
     for (int64_t i = 0; i < len; ++i) {
-        y[i] = best[i];
+        y[i] = T(best[i]);
         w[i] = uint8_t(win[i]);
     }
 }
@@ -23,7 +24,7 @@ void forward(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, std::uin
              int threads) {
     T* y = ptr<T>(out);
     uint8_t* w = ptr<uint8_t>(piece);
-    auto epilogue = [y, w](int64_t off, int64_t len, const T* best, const int32_t* win, double&) {
+    auto epilogue = [y, w](int64_t off, int64_t len, const Arith<T>* best, const int32_t* win, double&) {
         store(y + off, w + off, best, win, len);
     };
     if (bias)
@@ -45,7 +46,7 @@ void register_maxout(py::module_& m) {
         [](const std::string& dtype, std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, std::uintptr_t piece,
            int64_t M, int64_t C, int64_t K, int64_t S, int threads) {
             const MaxoutShape sh = shape(M, C, K, S);
-            dispatch_float(dtype, [&](auto tag) { forward<decltype(tag)>(x, bias, out, piece, sh, threads); });
+            dispatch_float_or_bf16(dtype, [&](auto tag) { forward<decltype(tag)>(x, bias, out, piece, sh, threads); });
         },
         py::call_guard<py::gil_scoped_release>(),
         "Maxout forward over a contiguous (M, C, K, S) pre-activation x (+ bias (C*K,) if bias != 0): writes "
@@ -55,9 +56,9 @@ void register_maxout(py::module_& m) {
         [](const std::string& dtype, std::uintptr_t grad_out, std::uintptr_t piece, double scale,
            std::uintptr_t grad_in, std::uintptr_t grad_bias, int64_t M, int64_t C, int64_t K, int64_t S, int threads) {
             const MaxoutShape sh = shape(M, C, K, S);
-            dispatch_float(dtype, [&](auto tag) {
+            dispatch_float_or_bf16(dtype, [&](auto tag) {
                 using T = decltype(tag);
-                maxout_backward<T>(ptr<const T>(grad_out), ptr<const uint8_t>(piece), T(scale), ptr<T>(grad_in),
+                maxout_backward<T>(ptr<const T>(grad_out), ptr<const uint8_t>(piece), Arith<T>(scale), ptr<T>(grad_in),
                                    grad_bias ? ptr<T>(grad_bias) : nullptr, sh, threads);
             });
         },

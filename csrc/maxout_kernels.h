@@ -5,6 +5,8 @@
 // or linear layers, where the pieces are adjacent in memory). Output element (m, c, s) lives at
 // (m*C + c)*S + s. Piece p of output channel c uses bias[c*K + p].
 // Winner: the largest piece; ties go to the lowest piece; a NaN piece wins (the first NaN if several).
+// Values are compared in Arith<T> (float for bfloat16 storage, where x + bias is rounded only after the
+// max, so the winner is the exact sums' winner).
 #pragma once
 
 #include <omp.h>
@@ -47,13 +49,15 @@ inline void with_pieces(int64_t K, Fn&& fn) {
 // KC: K known at compile time (the pieces loop is then written out, so gcc vectorises over i), or 0 to
 // use the run-time K.
 template <typename T, bool HasBias, int KC, int... P>
-inline void max_adjacent_unrolled(const T* __restrict x, const T* __restrict bb, int64_t len, T* __restrict best,
-                                  int32_t* __restrict piece, std::integer_sequence<int, P...>) {
+inline void max_adjacent_unrolled(const T* __restrict x, const T* __restrict bb, int64_t len,
+                                  Arith<T>* __restrict best, int32_t* __restrict piece,
+                                  std::integer_sequence<int, P...>) {
+    using A = Arith<T>;
     for (int64_t i = 0; i < len; ++i) {
-        T b = HasBias ? x[i * KC] + bb[i * KC] : x[i * KC];
+        A b = HasBias ? A(x[i * KC]) + A(bb[i * KC]) : A(x[i * KC]);
         int32_t w = 0;
         auto consider = [&](int p) {
-            const T v = HasBias ? x[i * KC + p] + bb[i * KC + p] : x[i * KC + p];
+            const A v = HasBias ? A(x[i * KC + p]) + A(bb[i * KC + p]) : A(x[i * KC + p]);
             const bool take = takes_over(v, b);
             b = take ? v : b;
             w = take ? int32_t(p) : w;
@@ -65,16 +69,17 @@ inline void max_adjacent_unrolled(const T* __restrict x, const T* __restrict bb,
 }
 
 template <typename T, bool HasBias, int KC>
-inline void max_adjacent(const T* __restrict x, const T* __restrict bb, int64_t len, int64_t K, T* __restrict best,
-                         int32_t* __restrict piece) {
+inline void max_adjacent(const T* __restrict x, const T* __restrict bb, int64_t len, int64_t K,
+                         Arith<T>* __restrict best, int32_t* __restrict piece) {
+    using A = Arith<T>;
     if constexpr (KC > 0) {
         max_adjacent_unrolled<T, HasBias, KC>(x, bb, len, best, piece, std::make_integer_sequence<int, KC - 1>{});
     } else {
         for (int64_t i = 0; i < len; ++i) {
-            T b = HasBias ? x[i * K] + bb[i * K] : x[i * K];
+            A b = HasBias ? A(x[i * K]) + A(bb[i * K]) : A(x[i * K]);
             int32_t w = 0;
             for (int64_t p = 1; p < K; ++p) {
-                const T v = HasBias ? x[i * K + p] + bb[i * K + p] : x[i * K + p];
+                const A v = HasBias ? A(x[i * K + p]) + A(bb[i * K + p]) : A(x[i * K + p]);
                 const bool take = takes_over(v, b);
                 b = take ? v : b;
                 w = take ? int32_t(p) : w;
@@ -88,7 +93,8 @@ inline void max_adjacent(const T* __restrict x, const T* __restrict bb, int64_t 
 // Winner (value, piece) of each of len outputs whose K pieces are rows S apart, x[p*S + i], with bias bc[p]
 // (one channel of an NCHW row), in one pass that keeps the running winners in registers (64-byte GCC/Clang
 // vectors; gcc does not vectorise the select chain over a run-time number of pieces by itself). Used for
-// short rows (such as 8x8 maps), where a pass per piece over the row is mostly loop overhead.
+// short rows (such as 8x8 maps), where a pass per piece over the row is mostly loop overhead. float and
+// double only.
 template <typename T, bool HasBias>
 inline void max_short_rows(const T* __restrict x, const T* __restrict bc, int64_t len, int64_t K, int64_t S,
                            T* __restrict best, int32_t* __restrict piece) {
@@ -132,56 +138,67 @@ inline void max_short_rows(const T* __restrict x, const T* __restrict bc, int64_
 // Rows of at most this many positions take max_short_rows; longer ones a streaming pass per piece.
 constexpr int64_t kShortRow = 128;
 
-// Computes, block by block, the winning value and piece of every output element and hands each block
-// to epi(offset, length, best, piece, acc): offset is the linear output index of the block's first
-// element, acc a per-thread double accumulator. Returns the sum of all threads' acc.
+// maxout_blocks for NCHW rows of 2 to kShortRow positions (float and double): several whole rows
+// (contiguous outputs) per block, one register pass each.
+template <typename T, bool HasBias, typename Epilogue>
+double short_row_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epilogue& epi) {
+    const int64_t C = sh.C, K = sh.K, S = sh.S;
+    const int64_t rows = sh.M * C;
+    const int64_t rows_per_block = kBlock / S;
+    const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+    double total = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
+    for (int64_t b = 0; b < blocks; ++b) {
+        T best[kBlock];
+        int32_t piece[kBlock];
+        const int64_t r0 = b * rows_per_block;
+        const int64_t n = std::min(rows_per_block, rows - r0);
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t r = r0 + j;
+            max_short_rows<T, HasBias>(x + r * K * S, HasBias ? bias + (r % C) * K : nullptr, S, K, S,
+                                       best + j * S, piece + j * S);
+        }
+        double acc = 0.0;
+        epi(r0 * S, n * S, best, piece, acc);
+        total += acc;
+    }
+    return total;
+}
+
+// Computes, block by block, the winning value (as Arith<T>) and piece of every output element and hands
+// each block to epi(offset, length, best, piece, acc): offset is the linear output index of the block's
+// first element, acc a per-thread double accumulator. Returns the sum of all threads' acc.
 template <typename T, bool HasBias, typename Epilogue>
 double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epilogue epi) {
+    using A = Arith<T>;
     const int64_t C = sh.C, K = sh.K, S = sh.S;
     double total = 0.0;
     if (sh.outputs() == 0) return total;
-    if (S > 1 && S <= kShortRow) {
-        // Short rows: several whole rows (contiguous outputs) per block, one register pass each.
-        const int64_t rows = sh.M * C;
-        const int64_t rows_per_block = kBlock / S;
-        const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
-        for (int64_t b = 0; b < blocks; ++b) {
-            T best[kBlock];
-            int32_t piece[kBlock];
-            const int64_t r0 = b * rows_per_block;
-            const int64_t n = std::min(rows_per_block, rows - r0);
-            for (int64_t j = 0; j < n; ++j) {
-                const int64_t r = r0 + j;
-                max_short_rows<T, HasBias>(x + r * K * S, HasBias ? bias + (r % C) * K : nullptr, S, K, S,
-                                           best + j * S, piece + j * S);
-            }
-            double acc = 0.0;
-            epi(r0 * S, n * S, best, piece, acc);
-            total += acc;
-        }
-    } else if (S > 1) {
+    if constexpr (std::is_floating_point<T>::value) {  // bfloat16 short rows take the streaming pass
+        if (S > 1 && S <= kShortRow) return short_row_blocks<T, HasBias>(x, bias, sh, threads, epi);
+    }
+    if (S > 1) {
         const int64_t rows = sh.M * C;
         const int64_t blocks_per_row = (S + kBlock - 1) / kBlock;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
         for (int64_t task = 0; task < rows * blocks_per_row; ++task) {
-            T best[kBlock];
+            A best[kBlock];
             int32_t piece[kBlock];
             const int64_t r = task / blocks_per_row;
             const int64_t s0 = (task % blocks_per_row) * kBlock;
             const int64_t len = std::min(kBlock, S - s0);
             const int64_t c = r % C;
             const T* base = x + r * K * S + s0;
-            const T b0 = HasBias ? bias[c * K] : T(0);
+            const A b0 = HasBias ? A(bias[c * K]) : A(0);
             for (int64_t i = 0; i < len; ++i) {
-                best[i] = HasBias ? base[i] + b0 : base[i];
+                best[i] = HasBias ? A(base[i]) + b0 : A(base[i]);
                 piece[i] = 0;
             }
             for (int64_t p = 1; p < K; ++p) {
                 const T* xp = base + p * S;
-                const T bp = HasBias ? bias[c * K + p] : T(0);
+                const A bp = HasBias ? A(bias[c * K + p]) : A(0);
                 for (int64_t i = 0; i < len; ++i) {
-                    const T v = HasBias ? xp[i] + bp : xp[i];
+                    const A v = HasBias ? A(xp[i]) + bp : A(xp[i]);
                     const bool take = takes_over(v, best[i]);
                     best[i] = take ? v : best[i];
                     piece[i] = take ? int32_t(p) : piece[i];
@@ -200,7 +217,7 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
             blocks_per_row == 1 ? (sh.M + rows_per_block - 1) / rows_per_block : sh.M * blocks_per_row;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
         for (int64_t task = 0; task < tasks; ++task) {
-            T best[kBlock];
+            A best[kBlock];
             int32_t piece[kBlock];
             const int64_t m0 = blocks_per_row == 1 ? task * rows_per_block : task / blocks_per_row;
             const int64_t c0 = blocks_per_row == 1 ? 0 : (task % blocks_per_row) * kBlock;
@@ -225,29 +242,31 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
 // KC: K known at compile time (the pieces are then written out, so gcc vectorises over s), or 0 to use
 // the run-time K.
 template <typename T, int KC, int... P>
-inline void scatter_row_unrolled(const T* __restrict g, const uint8_t* __restrict w, T scale, T* __restrict out,
-                                 int64_t S, std::integer_sequence<int, P...>) {
+inline void scatter_row_unrolled(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale,
+                                 T* __restrict out, int64_t S, std::integer_sequence<int, P...>) {
+    using A = Arith<T>;
     for (int64_t s = 0; s < S; ++s) {
-        const T v = g[s] * scale;
-        ((out[P * S + s] = w[s] == uint8_t(P) ? v : T(0)), ...);
+        const A v = A(g[s]) * scale;
+        ((out[P * S + s] = T(w[s] == uint8_t(P) ? v : A(0))), ...);
     }
 }
 
 template <typename T, int KC>
-inline void scatter_row(const T* __restrict g, const uint8_t* __restrict w, T scale, T* __restrict out, int64_t S,
-                        int64_t run_time_k, double* piece_sums) {
+inline void scatter_row(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale, T* __restrict out,
+                        int64_t S, int64_t run_time_k, double* piece_sums) {
+    using A = Arith<T>;
     const int64_t K = KC > 0 ? KC : run_time_k;
     if constexpr (KC > 0) {
         scatter_row_unrolled<T, KC>(g, w, scale, out, S, std::make_integer_sequence<int, KC>{});
     } else {
         for (int64_t p = 0; p < K; ++p)
-            for (int64_t s = 0; s < S; ++s) out[p * S + s] = w[s] == uint8_t(p) ? g[s] * scale : T(0);
+            for (int64_t s = 0; s < S; ++s) out[p * S + s] = T(w[s] == uint8_t(p) ? A(g[s]) * scale : A(0));
     }
     if (piece_sums == nullptr) return;
     for (int64_t p = 0; p < K; ++p) {
-        T sum = 0;
+        A sum = 0;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t s = 0; s < S; ++s) sum += out[p * S + s];
+        for (int64_t s = 0; s < S; ++s) sum += A(out[p * S + s]);
         piece_sums[p] += sum;
     }
 }
@@ -256,30 +275,33 @@ inline void scatter_row(const T* __restrict g, const uint8_t* __restrict w, T sc
 // KC: K known at compile time (the pieces are then written out, so gcc vectorises over o), or 0 to use
 // the run-time K.
 template <typename T, int KC, int... P>
-inline void scatter_adjacent_unrolled(const T* __restrict g, const uint8_t* __restrict w, T scale,
+inline void scatter_adjacent_unrolled(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale,
                                       T* __restrict out, int64_t n, std::integer_sequence<int, P...>) {
+    using A = Arith<T>;
     for (int64_t o = 0; o < n; ++o) {
-        const T v = g[o] * scale;
-        ((out[o * KC + P] = w[o] == uint8_t(P) ? v : T(0)), ...);
+        const A v = A(g[o]) * scale;
+        ((out[o * KC + P] = T(w[o] == uint8_t(P) ? v : A(0))), ...);
     }
 }
 
 template <typename T, int KC>
-inline void scatter_adjacent(const T* __restrict g, const uint8_t* __restrict w, T scale, T* __restrict out,
+inline void scatter_adjacent(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale, T* __restrict out,
                              int64_t n, int64_t K) {
+    using A = Arith<T>;
     if constexpr (KC > 0) {
         scatter_adjacent_unrolled<T, KC>(g, w, scale, out, n, std::make_integer_sequence<int, KC>{});
     } else {
         for (int64_t o = 0; o < n; ++o)
-            for (int64_t p = 0; p < K; ++p) out[o * K + p] = w[o] == uint8_t(p) ? g[o] * scale : T(0);
+            for (int64_t p = 0; p < K; ++p) out[o * K + p] = T(w[o] == uint8_t(p) ? A(g[o]) * scale : A(0));
     }
 }
 
 // Backward of maxout with bias: grad_in (M, C, K, S) gets scale * grad_out at each output's winning
 // piece and 0 elsewhere; grad_bias (C*K,), if not null, gets the sum of grad_in over M and S.
 template <typename T>
-void maxout_backward(const T* grad_out, const uint8_t* piece, T scale, T* grad_in, T* grad_bias, MaxoutShape sh,
-                     int threads) {
+void maxout_backward(const T* grad_out, const uint8_t* piece, Arith<T> scale, T* grad_in, T* grad_bias,
+                     MaxoutShape sh, int threads) {
+    using A = Arith<T>;
     const int64_t C = sh.C, K = sh.K, S = sh.S;
     const bool want_bias = grad_bias != nullptr;
     if (sh.outputs() == 0) {
@@ -302,14 +324,14 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, T scale, T* grad_i
             }
         }
     } else {
-        // Rows are contiguous: scatter blocks of whole rows as one run, then add each row to a T-typed
-        // bias accumulator that is flushed into the thread's double partial once per block.
+        // Rows are contiguous: scatter blocks of whole rows as one run, then add each row to an
+        // Arith<T>-typed bias accumulator that is flushed into the thread's double partial once per block.
         const int64_t rows_per_block = std::max<int64_t>(1, kBlock / C);
         const int64_t blocks = (sh.M + rows_per_block - 1) / rows_per_block;
 #pragma omp parallel num_threads(threads)
         {
             double* mine = want_bias ? partial.data() + size_t(omp_get_thread_num()) * C * K : nullptr;
-            std::vector<T> block_sum(want_bias ? C * K : 0);
+            std::vector<A> block_sum(want_bias ? C * K : 0);
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t m0 = b * rows_per_block;
@@ -319,12 +341,12 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, T scale, T* grad_i
                     scatter_adjacent<T, decltype(k)::value>(grad_out + m0 * C, piece + m0 * C, scale, out, rows * C, K);
                 });
                 if (!want_bias) continue;
-                std::fill(block_sum.begin(), block_sum.end(), T(0));
+                std::fill(block_sum.begin(), block_sum.end(), A(0));
                 for (int64_t j = 0; j < rows; ++j) {
                     const T* row = out + j * C * K;
-                    T* acc = block_sum.data();
+                    A* acc = block_sum.data();
 #pragma omp simd
-                    for (int64_t i = 0; i < C * K; ++i) acc[i] += row[i];
+                    for (int64_t i = 0; i < C * K; ++i) acc[i] += A(row[i]);
                 }
                 for (int64_t i = 0; i < C * K; ++i) mine[i] += block_sum[i];
             }

@@ -5,7 +5,8 @@
 // place in the P x P window (rows ho*Q ..., columns wo*Q ..., clipped to the map: ceil-mode windows).
 // Winners follow the two-step reference (maxout, then torch's max_pool2d): within a pixel the largest piece,
 // ties to the lowest, the first NaN; across the window, scanned row by row, a strictly larger value or any
-// NaN takes over (so ties go to the first pixel and NaN to the last NaN pixel).
+// NaN takes over (so ties go to the first pixel and NaN to the last NaN pixel). Storage is float, double or
+// bfloat16 (compared and summed in float, see Arith).
 #include <pybind11/pybind11.h>
 
 #include <limits>
@@ -22,11 +23,11 @@ struct PoolShape {
 };
 
 // Folds one pixel's maxout (value, piece) into the window's running winner of each of n channels.
-template <typename T>
-inline void fold_pixel(const T* __restrict value, const int32_t* __restrict piece, int32_t place, int64_t K,
-                       int64_t n, T* __restrict best, int32_t* __restrict index) {
+template <typename A>
+inline void fold_pixel(const A* __restrict value, const int32_t* __restrict piece, int32_t place, int64_t K,
+                       int64_t n, A* __restrict best, int32_t* __restrict index) {
     for (int64_t c = 0; c < n; ++c) {
-        const T v = value[c];
+        const A v = value[c];
         const bool take = (v > best[c]) | (v != v);
         best[c] = take ? v : best[c];
         index[c] = take ? place * int32_t(K) + piece[c] : index[c];
@@ -36,19 +37,20 @@ inline void fold_pixel(const T* __restrict value, const int32_t* __restrict piec
 // KC: the number of pieces at compile time, or 0 (see with_pieces).
 template <typename T, bool HasBias, int KC>
 void forward(const T* pre, const T* bias, T* out, uint8_t* index_out, PoolShape sh, int threads) {
+    using A = Arith<T>;
     const int64_t C = sh.C, K = sh.K, CK = C * K;
     const int64_t blocks = (C + kBlock - 1) / kBlock;
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
     for (int64_t n = 0; n < sh.N; ++n) {
         for (int64_t ho = 0; ho < sh.Ho; ++ho) {
-            T value[kBlock], best[kBlock];
+            A value[kBlock], best[kBlock];
             int32_t piece[kBlock], index[kBlock];
             const int64_t h0 = ho * sh.Q, h1 = std::min(h0 + sh.P, sh.H);
             for (int64_t wo = 0; wo < sh.Wo; ++wo) {
                 const int64_t w0 = wo * sh.Q, w1 = std::min(w0 + sh.P, sh.W);
                 for (int64_t b = 0; b < blocks; ++b) {
                     const int64_t c0 = b * kBlock, len = std::min(kBlock, C - c0);
-                    std::fill(best, best + len, -std::numeric_limits<T>::infinity());
+                    std::fill(best, best + len, -std::numeric_limits<A>::infinity());
                     std::fill(index, index + len, 0);
                     for (int64_t h = h0; h < h1; ++h) {
                         for (int64_t w = w0; w < w1; ++w) {
@@ -60,7 +62,7 @@ void forward(const T* pre, const T* bias, T* out, uint8_t* index_out, PoolShape 
                     }
                     const int64_t o = ((n * sh.Ho + ho) * sh.Wo + wo) * C + c0;
                     for (int64_t c = 0; c < len; ++c) {
-                        out[o + c] = best[c];
+                        out[o + c] = T(best[c]);
                         index_out[o + c] = uint8_t(index[c]);
                     }
                 }
@@ -73,6 +75,7 @@ void forward(const T* pre, const T* bias, T* out, uint8_t* index_out, PoolShape 
 // elsewhere; grad_bias (C*K,), if not null, = grad_pre summed over N, H, W. Threads split the images.
 template <typename T>
 void backward(const T* grad_out, const uint8_t* index, T* grad_pre, T* grad_bias, PoolShape sh, int threads) {
+    using A = Arith<T>;
     const int64_t C = sh.C, K = sh.K, CK = C * K;
     const int64_t image = sh.H * sh.W * CK;
     std::vector<double> partial(grad_bias ? size_t(threads) * CK : 0, 0.0);
@@ -90,8 +93,9 @@ void backward(const T* grad_out, const uint8_t* index, T* grad_pre, T* grad_bias
                         const int64_t at = index[o + c];
                         const int64_t place = at / K, p = at % K;
                         const int64_t h = ho * sh.Q + place / sh.P, w = wo * sh.Q + place % sh.P;
-                        const T g = grad_out[o + c];
-                        gp[(h * sh.W + w) * CK + c * K + p] += g;
+                        const A g = A(grad_out[o + c]);
+                        T& slot = gp[(h * sh.W + w) * CK + c * K + p];
+                        slot = T(A(slot) + g);
                         if (mine) mine[c * K + p] += g;
                     }
                 }
@@ -124,7 +128,7 @@ void register_maxout_pool(py::module_& m) {
            int64_t N, int64_t H, int64_t W, int64_t C, int64_t K, int64_t P, int64_t Q, int64_t Ho, int64_t Wo,
            int threads) {
             const PoolShape sh = pool_shape(N, H, W, C, K, P, Q, Ho, Wo);
-            dispatch_float(dtype, [&](auto tag) {
+            dispatch_float_or_bf16(dtype, [&](auto tag) {
                 using T = decltype(tag);
                 with_pieces(K, [&](auto k) {
                     constexpr int KC = decltype(k)::value;
@@ -146,7 +150,7 @@ void register_maxout_pool(py::module_& m) {
            std::uintptr_t grad_bias, int64_t N, int64_t H, int64_t W, int64_t C, int64_t K, int64_t P, int64_t Q,
            int64_t Ho, int64_t Wo, int threads) {
             const PoolShape sh = pool_shape(N, H, W, C, K, P, Q, Ho, Wo);
-            dispatch_float(dtype, [&](auto tag) {
+            dispatch_float_or_bf16(dtype, [&](auto tag) {
                 using T = decltype(tag);
                 backward<T>(ptr<const T>(grad_out), ptr<const uint8_t>(index), ptr<T>(grad_pre),
                             grad_bias ? ptr<T>(grad_bias) : nullptr, sh, threads);

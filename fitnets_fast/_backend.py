@@ -3,11 +3,12 @@
 A backend is a module (unavailable if it cannot be imported) exposing ``<op>_impl`` functions with the signatures of ``fitnets_fast.reference``:
 
 * ``"reference"``: ``fitnets_fast.reference`` (always available, any device and dtype);
-* ``"cpp"``: ``fitnets_fast.cpu`` (needs the compiled ``fitnets_fast._C``; CPU tensors, float32/float64);
+* ``"cpp"``: ``fitnets_fast.cpu`` (needs the compiled ``fitnets_fast._C``; CPU tensors, float32/float64, and
+  bfloat16 for the maxout ops, which is what they get under ``torch.autocast("cpu")``);
 * ``"triton"``: ``fitnets_fast.kernels`` (needs triton; CUDA tensors, or CPU tensors when
   ``TRITON_INTERPRET=1``, which is how CI runs the kernels).
 
-``"auto"`` picks triton for CUDA tensors, cpp for CPU float32/float64 tensors, and the reference for
+``"auto"`` picks triton for CUDA tensors, cpp for CPU tensors of a dtype it supports, and the reference for
 anything else or for an op a backend does not implement. A backend asked for by name that cannot run the
 call is an error. ``use_backend(name)`` changes what ``"auto"`` means inside a ``with`` block.
 """
@@ -25,6 +26,7 @@ BACKENDS = ("reference", "cpp", "triton")
 OPS = ("maxout", "maxout_conv2d", "maxout_linear", "hint_loss", "kd_loss")
 _MODULES = {"reference": "fitnets_fast.reference", "cpp": "fitnets_fast.cpu", "triton": "fitnets_fast.kernels"}
 _CPP_DTYPES = (torch.float32, torch.float64)
+_CPP_BF16_OPS = ("maxout", "maxout_conv2d", "maxout_linear")  # the losses run in float32 under autocast
 
 # Read once at import: the Triton interpreter must be chosen before triton is imported anyway.
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -109,8 +111,8 @@ def _cannot_run(backend: str, op: str, device: torch.device, dtype: torch.dtype)
     if backend == "cpp":
         if device.type != "cpu":
             return f"the cpp backend runs on CPU tensors, got {device}"
-        if dtype not in _CPP_DTYPES:
-            return f"the cpp backend supports float32 and float64, got {dtype}"
+        if dtype not in _CPP_DTYPES and not (dtype == torch.bfloat16 and op in _CPP_BF16_OPS):
+            return f"the cpp backend supports float32 and float64 (and bfloat16 for the maxout ops), got {dtype}"
     if backend == "triton" and device.type != "cuda" and not _TRITON_INTERPRET:
         return f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1), got {device}"
     return None

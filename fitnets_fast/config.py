@@ -84,7 +84,8 @@ class Config:
     speed_repeats: int = 5
     log_every: int = 10                       # batches between progress-bar refreshes (each one syncs)
     # speed and scale-out (``torchrun --nproc_per_node N``: see fitnets_fast.distributed)
-    amp: str = "none"                         # "none", "bf16" (autocast) or "fp16" (autocast + grad scaler); for CUDA
+    amp: str = "none"                         # "none", "bf16" (autocast; CUDA, or CPU with bf16 convs) or
+    #                                           "fp16" (autocast + grad scaler; CUDA)
     channels_last: bool = False               # NHWC image batches and conv weights (oneDNN's fastest on CPU)
     compile: bool = False                     # torch.compile the student's forward in the ce and kd stages
     dist_timeout: float = 1800.0              # seconds a process waits for the others (start-up, each collective)

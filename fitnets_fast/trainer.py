@@ -30,9 +30,9 @@ Under ``torchrun --nproc_per_node N`` the trained modules of each stage run in D
 (``fitnets_fast.distributed``): every process draws the same global batches and trains on its shard of each,
 the frozen teacher runs on every process without gradients, training metrics are all-reduced, and only rank
 0 writes files and shows progress bars. The saved state does not depend on N, so a run resumes with any
-number of processes. ``amp`` (bf16 autocast, or fp16 autocast with a grad scaler; meant for CUDA),
-``channels_last`` and ``compile`` (``torch.compile`` of the student's forward) are settings recorded in the
-run config.
+number of processes. ``amp`` (bf16 autocast, whose maxout layers the C++ kernels also run on CPU; or fp16
+autocast with a grad scaler, for CUDA), ``channels_last`` and ``compile`` (``torch.compile`` of the student's
+forward) are settings recorded in the run config.
 """
 from __future__ import annotations
 

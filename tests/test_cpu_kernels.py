@@ -1,7 +1,8 @@
 """The "cpp" backend (fused C++ CPU kernels in fitnets_fast.cpu) against the float64 reference.
 
 Every check goes through the public ops with ``backend="cpp"`` and ``tests/kernel_check.py``'s rule
-(forward and every gradient, outputs poisoned), in float64 and float32.
+(forward and every gradient, outputs poisoned), in float64 and float32, and for the maxout ops in bfloat16
+(the dtype they get under ``torch.autocast("cpu")``).
 """
 import math
 
@@ -10,13 +11,16 @@ import pytest
 import torch
 
 from fitnets_fast import _backend, ops, reference
-from kernel_check import check_against_reference
+from kernel_check import EPS_MARGIN, check_against_reference
 
 pytestmark = pytest.mark.skipif(_backend.module("cpp") is None,
                                 reason=f"C++ kernels not built: {_backend.unavailable_reason('cpp')}")
 
 D = torch.float64
 DTYPES = [torch.float64, torch.float32]
+BF16 = torch.bfloat16
+MAXOUT_DTYPES = DTYPES + [BF16]  # maxout alone only compares and copies: bfloat16 inputs give exact winners
+BF16_MARGIN = 2
 NAN, INF = float("nan"), float("inf")
 
 
@@ -35,11 +39,13 @@ def _check(op, args, dtype, names, view=lambda *a: a):
     def ref(*ts):
         return getattr(reference, op)(*view(*ts), *rest)
 
-    check_against_reference(kernel, ref, tensors, dtype, names=names)
+    # bfloat16's epsilon is 2**-7: the usual 16-epsilon margin would hide a rounding error there.
+    margin = BF16_MARGIN if dtype == BF16 else EPS_MARGIN
+    check_against_reference(kernel, ref, tensors, dtype, names=names, margin=margin)
 
 
 # --------------------------------------------------------------------------------------------- maxout
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", MAXOUT_DTYPES)
 @pytest.mark.parametrize("shape,pieces", [((3, 6, 5, 7), 3), ((2, 10, 9), 5), ((7, 8), 2), ((1, 4, 1, 1), 4),
                                           ((2, 2, 3, 5), 2), ((2, 3, 4, 3, 2), 3), ((3, 14, 7, 5), 7),
                                           ((2, 4, 13, 11), 2)])  # rows > 128 positions: the streaming path
@@ -47,7 +53,7 @@ def test_maxout(shape, pieces, dtype):
     _check("maxout", (_r(*shape), pieces), dtype, ["x"])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", MAXOUT_DTYPES)
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "expanded"])
 def test_maxout_non_contiguous(layout, dtype):
     views = {
@@ -60,7 +66,7 @@ def test_maxout_non_contiguous(layout, dtype):
     _check("maxout", (x, 2), dtype, ["x"], view=view)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", MAXOUT_DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_maxout_ties_go_to_lowest_piece(dtype, channels_last):
     x = torch.randint(-1, 2, (4, 9, 6, 5)).to(D)  # many exact ties among 3 pieces
@@ -73,7 +79,7 @@ def test_maxout_ties_go_to_lowest_piece(dtype, channels_last):
     assert torch.equal(z.grad[:, 1::2], torch.zeros(2, 2, 3, dtype=dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", MAXOUT_DTYPES)
 def test_maxout_nan_and_inf_propagate(dtype):
     x = _r(2, 6, 4, 5)
     x[0, 1, 0, 0] = NAN          # NaN loses nothing: it wins its group
@@ -85,7 +91,7 @@ def test_maxout_nan_and_inf_propagate(dtype):
     _check("maxout", (x, 3), dtype, ["x"], view=lambda x: (x.contiguous(memory_format=torch.channels_last),))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", MAXOUT_DTYPES)
 def test_maxout_empty(dtype):
     _check("maxout", (_r(0, 6, 3, 3), 2), dtype, ["x"])
     _check("maxout", (_r(2, 6, 0, 3), 3), dtype, ["x"])
@@ -201,6 +207,59 @@ def test_maxout_conv2d_saves_only_input_weight_and_byte_index():
         ops.maxout_conv2d(x, w, b, 3, 1, 1, backend="cpp")
     shapes = sorted((tuple(t.shape), t.dtype) for t in saved)
     assert shapes == sorted([((4, 3, 8, 8), D), ((12, 3, 3, 3), D), ((4, 4, 8, 8), torch.uint8)]), shapes
+
+
+# ------------------------------------------------------------- maxout conv2d / linear in bfloat16
+# In bfloat16 a conv's rounding decides near-ties between pieces, so gradients on Gaussian data would
+# test rounding luck. Small integers keep every conv / matmul output (and x + bias) exact in bfloat16:
+# the winners, and so the routing of every gradient, are then the kernels' own.
+def _small_ints(*shape):
+    return torch.randint(-2, 3, shape).to(D)
+
+
+@pytest.mark.parametrize("pool", [None, (2, 2), (3, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_maxout_conv2d_bfloat16(pool, channels_last):
+    def view(x, w, b):
+        return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), w, b
+
+    tensors = (_small_ints(3, 4, 9, 8), _small_ints(12, 4, 3, 3), _small_ints(12))
+    _check("maxout_conv2d", tensors + (3, 1, 1, pool), BF16, ["x", "weight", "bias"], view=view)
+
+
+@pytest.mark.parametrize("n,fin,fout,pieces", [(5, 7, 3, 5), (3, 5, 1031, 2), (0, 4, 3, 2)])
+def test_maxout_linear_bfloat16(n, fin, fout, pieces):
+    tensors = (_small_ints(n, fin), _small_ints(fout * pieces, fin), _small_ints(fout * pieces))
+    _check("maxout_linear", tensors + (pieces,), BF16, ["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("pool", [None, (2, 2), (3, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_maxout_conv2d_bfloat16_bias_add_rounds_like_pytorch(pool, channels_last):
+    """An identity 1x1 conv leaves x exact, so the outputs differ from PyTorch's only by how x + bias is
+    rounded: once, to nearest even, like PyTorch's bias-carrying bfloat16 conv (the kernel rounds after the
+    max, which gives the same values because rounding is monotonic). Compared bit for bit, NaN included."""
+    x = torch.randn(3, 12, 9, 8).bfloat16()
+    x[1, 4, 2, 3] = NAN
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.eye(12, dtype=BF16).view(12, 12, 1, 1)
+    b = torch.randn(12).bfloat16()
+    got = ops.maxout_conv2d(x, w, b, 3, pool=pool, backend="cpp")
+    want = ops.maxout_conv2d(x, w, b, 3, pool=pool, backend="reference")
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_maxout_conv2d_under_autocast_runs_the_fused_kernel():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w, b = torch.randn(8, 3, 3, 3, requires_grad=True), torch.randn(8, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=BF16):
+            y = ops.maxout_conv2d(x, w, b, 2, 1, 1, (2, 2))
+    assert y.dtype == BF16 and torch.uint8 in saved
+    y.float().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
 
 
 # -------------------------------------------------------------------------------------- maxout linear
@@ -405,6 +464,8 @@ BAD = [
     (lambda: ops.maxout(torch.ones(2, 4, dtype=torch.int64), 2, backend="cpp"), TypeError, "x must be a floating"),
     (lambda: ops.maxout(_r(4), 2, backend="cpp"), ValueError, "at least 2 dims"),
     (lambda: ops.maxout(_r(2, 4).half(), 2, backend="cpp"), ValueError, "float32 and float64"),
+    (lambda: ops.kd_loss(_r(2, 3).bfloat16(), _r(2, 3).bfloat16(), torch.tensor([0, 1]), backend="cpp"), ValueError,
+     "bfloat16 for the maxout ops"),
     (lambda: ops.maxout_conv2d(_r(2, 3, 5, 5), _r(8, 4, 3, 3), None, 2, backend="cpp"), ValueError,
      "input channels"),
     (lambda: ops.maxout_conv2d(_r(2, 3, 5, 5), _r(8, 3, 3, 3), _r(7), 2, backend="cpp"), ValueError, "bias"),
@@ -437,7 +498,9 @@ def test_auto_picks_cpp_for_cpu_float():
     for op in _backend.OPS:
         assert _backend.resolve(op, "auto", cpu_dev, torch.float32) == "cpp"
         assert _backend.resolve(op, "auto", cpu_dev, torch.float64) == "cpp"
-        assert _backend.resolve(op, "auto", cpu_dev, torch.bfloat16) == "reference"
+        bf16_backend = "cpp" if op.startswith("maxout") else "reference"  # the losses run in float32 under autocast
+        assert _backend.resolve(op, "auto", cpu_dev, BF16) == bf16_backend
+        assert _backend.resolve(op, "auto", cpu_dev, torch.float16) == "reference"
     x = torch.randn(2, 6, 3, 3, requires_grad=True)
     seen = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.dtype) or t, lambda t: t):

@@ -30,9 +30,10 @@ def test_use_backend_changes_what_auto_means_and_restores_it():
 
 
 def test_auto_uses_reference_for_dtypes_the_cpp_kernels_do_not_take():
-    assert _backend.resolve("maxout", "auto", torch.device("cpu"), torch.bfloat16) == "reference"
+    assert _backend.resolve("maxout", "auto", torch.device("cpu"), torch.float16) == "reference"
+    assert _backend.resolve("hint_loss", "auto", torch.device("cpu"), torch.bfloat16) == "reference"
     with pytest.raises(ValueError, match="float32 and float64"):
-        ops.maxout(torch.randn(2, 4).bfloat16(), 2, backend="cpp")
+        ops.maxout(torch.randn(2, 4).half(), 2, backend="cpp")
 
 
 _NO_EXTENSIONS = """

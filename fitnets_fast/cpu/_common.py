@@ -18,7 +18,7 @@ import torch
 
 from .. import _alloc
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
 
 
 def threads() -> int:

@@ -15,7 +15,10 @@ faster than NCHW ones on the thin layers of FitNets, and the fused kernel reads 
 just as fast. Values are the same either way; only ``Tensor.stride()`` differs.
 
 Semantics match ``fitnets_fast.reference``: ties go to the lowest piece, a NaN piece wins (the first NaN).
-More than 256 pieces do not fit the one-byte index; such calls run the reference.
+More than 256 pieces do not fit the one-byte index; such calls run the reference. bfloat16 tensors (what
+``maxout_conv2d`` / ``maxout_linear`` get under CPU autocast) are compared and biased in float and rounded
+once, after the max: the values equal the reference's in bfloat16 (rounding is monotonic), and where two
+sums round to the same bfloat16 value the gradient goes to the larger exact sum.
 """
 from __future__ import annotations
 
