@@ -1,10 +1,10 @@
 """Where a training step's CPU time goes: convolutions vs the fused ops vs the rest.
 
-    python benchmarks/profile_train_step.py [MODEL] [--steps N] [--nchw]
+    python benchmarks/profile_train_step.py [MODEL] [--steps N] [--nchw] [--bf16]
 
 Builds ``fitnets_fast.models.build(MODEL)`` (default fitnet1), runs warm-up steps of cross-entropy +
 pylearn2 RMSProp + max-norm at batch 128 on random CIFAR-shaped data (batch and conv weights channels-last
-unless ``--nchw``), then profiles ``--steps`` steps with ``torch.profiler`` and prints each group's share of
+unless ``--nchw``; the forward under bfloat16 autocast with ``--bf16``), then profiles ``--steps`` steps with ``torch.profiler`` and prints each group's share of
 self CPU time (issue 5 asks that everything but the convolutions stay under 15%).
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--nchw", action="store_true",
                         help="NCHW batch and weights (default: channels-last, as the training-step benchmark's fused "
                              "variant and the trainer's channels_last=true)")
+    parser.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', torch.bfloat16)")
     args = parser.parse_args()
     torch.manual_seed(0)
     layout = torch.contiguous_format if args.nchw else torch.channels_last
@@ -46,7 +47,9 @@ def main() -> None:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         optimizer.step()
         max_norm.apply()
 
@@ -60,7 +63,9 @@ def main() -> None:
     shares: dict = {}
     for e in events:
         shares[group_of(e.key)] = shares.get(group_of(e.key), 0) + e.self_cpu_time_total
-    print(f"{args.model}, batch 128, {torch.get_num_threads()} threads, {total / args.steps / 1e3:.1f} ms/step")
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    print(f"{args.model}, batch 128, {precision}, {torch.get_num_threads()} threads, "
+          f"{total / args.steps / 1e3:.1f} ms/step")
     for group, t in sorted(shares.items(), key=lambda kv: -kv[1]):
         print(f"  {group:50s} {100 * t / total:5.1f}%  {t / args.steps / 1e3:8.1f} ms/step")
 

@@ -78,6 +78,7 @@ void backward(const T* grad_out, const uint8_t* index, T* grad_pre, T* grad_bias
     using A = Arith<T>;
     const int64_t C = sh.C, K = sh.K, CK = C * K;
     const int64_t image = sh.H * sh.W * CK;
+    const bool overlapping = sh.P > sh.Q;  // else each winner gets one gradient: a copy, no add
     std::vector<double> partial(grad_bias ? size_t(threads) * CK : 0, 0.0);
 #pragma omp parallel num_threads(threads)
     {
@@ -85,7 +86,7 @@ void backward(const T* grad_out, const uint8_t* index, T* grad_pre, T* grad_bias
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < sh.N; ++n) {
             T* gp = grad_pre + n * image;
-            std::fill(gp, gp + image, T(0));
+            std::memset(gp, 0, size_t(image) * sizeof(T));  // all-zero bits: 0 in float, double and bfloat16
             for (int64_t ho = 0; ho < sh.Ho; ++ho) {
                 for (int64_t wo = 0; wo < sh.Wo; ++wo) {
                     const int64_t o = ((n * sh.Ho + ho) * sh.Wo + wo) * C;
@@ -93,10 +94,9 @@ void backward(const T* grad_out, const uint8_t* index, T* grad_pre, T* grad_bias
                         const int64_t at = index[o + c];
                         const int64_t place = at / K, p = at % K;
                         const int64_t h = ho * sh.Q + place / sh.P, w = wo * sh.Q + place % sh.P;
-                        const A g = A(grad_out[o + c]);
                         T& slot = gp[(h * sh.W + w) * CK + c * K + p];
-                        slot = T(A(slot) + g);
-                        if (mine) mine[c * K + p] += g;
+                        slot = overlapping ? T(A(slot) + A(grad_out[o + c])) : grad_out[o + c];
+                        if (mine) mine[c * K + p] += A(grad_out[o + c]);
                     }
                 }
             }
