@@ -509,7 +509,8 @@ def test_auto_picks_cpp_for_cpu_float():
 
 
 # ------------------------------------------------------------------------------------ torch.compile
-def test_compile_fullgraph_small_model_matches_eager():
+@pytest.mark.parametrize("bf16_autocast", [False, True])
+def test_compile_fullgraph_small_model_matches_eager(bf16_autocast):
     torch.manual_seed(0)
     w1, b1 = (0.3 * torch.randn(8, 3, 3, 3)).requires_grad_(), torch.zeros(8, requires_grad=True)
     wl, bl = (0.1 * torch.randn(20, 4 * 4 * 4)).requires_grad_(), torch.zeros(20, requires_grad=True)
@@ -518,9 +519,10 @@ def test_compile_fullgraph_small_model_matches_eager():
     y = torch.tensor([1, 2, 3, -100, 0])
 
     def step(x):
-        h = ops.maxout_conv2d(x, w1, b1, 2, 1, 1, (2, 2))  # (5, 4, 4, 4): the fused maxout + max-pool
-        logits = ops.maxout_linear(h.flatten(1), wl, bl, 2)
-        return ops.kd_loss(logits, t, y) + ops.hint_loss(h, hint, wr, None, 2) + ops.maxout(h, 2).sum()
+        with torch.autocast("cpu", dtype=BF16, enabled=bf16_autocast):  # bf16 maxout layers, fp32 losses
+            h = ops.maxout_conv2d(x, w1, b1, 2, 1, 1, (2, 2))  # (5, 4, 4, 4): the fused maxout + max-pool
+            logits = ops.maxout_linear(h.flatten(1), wl, bl, 2)
+            return ops.kd_loss(logits, t, y) + ops.hint_loss(h, hint, wr, None, 2) + ops.maxout(h, 2).float().sum()
 
     params = [w1, b1, wl, bl, wr]
     torch._dynamo.reset()
