@@ -34,37 +34,42 @@ inline void fold_pixel(const A* __restrict value, const int32_t* __restrict piec
     }
 }
 
-// KC: the number of pieces at compile time, or 0 (see with_pieces).
+// One row of windows (n, ho) at a time: the maxout of each image row the windows cover is one
+// max_adjacent pass over its W*C outputs (bias repeated once per pixel), then each pixel's channels fold
+// into the running winners of the windows that hold it. KC: the number of pieces at compile time, or 0
+// (see with_pieces).
 template <typename T, bool HasBias, int KC>
 void forward(const T* pre, const T* bias, T* out, uint8_t* index_out, PoolShape sh, int threads) {
     using A = Arith<T>;
-    const int64_t C = sh.C, K = sh.K, CK = C * K;
-    const int64_t blocks = (C + kBlock - 1) / kBlock;
-#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
-    for (int64_t n = 0; n < sh.N; ++n) {
-        for (int64_t ho = 0; ho < sh.Ho; ++ho) {
-            A value[kBlock], best[kBlock];
-            int32_t piece[kBlock], index[kBlock];
-            const int64_t h0 = ho * sh.Q, h1 = std::min(h0 + sh.P, sh.H);
-            for (int64_t wo = 0; wo < sh.Wo; ++wo) {
-                const int64_t w0 = wo * sh.Q, w1 = std::min(w0 + sh.P, sh.W);
-                for (int64_t b = 0; b < blocks; ++b) {
-                    const int64_t c0 = b * kBlock, len = std::min(kBlock, C - c0);
-                    std::fill(best, best + len, -std::numeric_limits<A>::infinity());
-                    std::fill(index, index + len, 0);
-                    for (int64_t h = h0; h < h1; ++h) {
+    const int64_t C = sh.C, K = sh.K, CK = C * K, WC = sh.W * C, WoC = sh.Wo * C;
+    std::vector<T> row_bias(HasBias ? sh.W * CK : 0);
+    for (int64_t j = 0; j < int64_t(row_bias.size()); j += CK) std::copy(bias, bias + CK, row_bias.begin() + j);
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<A> value(WC), best(WoC);
+        std::vector<int32_t> piece(WC), index(WoC);
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t n = 0; n < sh.N; ++n) {
+            for (int64_t ho = 0; ho < sh.Ho; ++ho) {
+                const int64_t h0 = ho * sh.Q, h1 = std::min(h0 + sh.P, sh.H);
+                std::fill(best.begin(), best.end(), -std::numeric_limits<A>::infinity());
+                std::fill(index.begin(), index.end(), 0);
+                for (int64_t h = h0; h < h1; ++h) {
+                    max_adjacent<T, HasBias, KC>(pre + (n * sh.H + h) * sh.W * CK, row_bias.data(), WC, K,
+                                                 value.data(), piece.data());
+                    for (int64_t wo = 0; wo < sh.Wo; ++wo) {
+                        const int64_t w0 = wo * sh.Q, w1 = std::min(w0 + sh.P, sh.W);
                         for (int64_t w = w0; w < w1; ++w) {
-                            const T* px = pre + ((n * sh.H + h) * sh.W + w) * CK + c0 * K;
-                            max_adjacent<T, HasBias, KC>(px, HasBias ? bias + c0 * K : nullptr, len, K, value, piece);
                             const int32_t place = int32_t((h - h0) * sh.P + (w - w0));
-                            fold_pixel(value, piece, place, K, len, best, index);
+                            fold_pixel(value.data() + w * C, piece.data() + w * C, place, K, C,
+                                       best.data() + wo * C, index.data() + wo * C);
                         }
                     }
-                    const int64_t o = ((n * sh.Ho + ho) * sh.Wo + wo) * C + c0;
-                    for (int64_t c = 0; c < len; ++c) {
-                        out[o + c] = T(best[c]);
-                        index_out[o + c] = uint8_t(index[c]);
-                    }
+                }
+                const int64_t o = (n * sh.Ho + ho) * WoC;
+                for (int64_t i = 0; i < WoC; ++i) {
+                    out[o + i] = T(best[i]);
+                    index_out[o + i] = uint8_t(index[i]);
                 }
             }
         }

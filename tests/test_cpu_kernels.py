@@ -109,6 +109,7 @@ def test_maxout_many_pieces_falls_back_to_reference():
     dict(x=(2, 3, 11, 10), w=(15, 3, 4, 2), pieces=5, stride=2, padding=0, bias=True),
     dict(x=(2, 4, 6, 6), w=(9, 4, 3, 3), pieces=3, stride=1, padding=2, bias=False),
     dict(x=(2, 4, 6, 5), w=(6, 4, 1, 1), pieces=1, stride=1, padding=0, bias=True),
+    dict(x=(3, 1, 7, 9), w=(10, 1, 3, 3), pieces=2, stride=1, padding=1, bias=True),  # one input channel
 ])
 def test_maxout_conv2d(cfg, dtype):
     b = _r(cfg["w"][0]) if cfg["bias"] else None
@@ -198,6 +199,16 @@ def test_maxout_conv2d_ties_with_bias(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_maxout_conv2d_empty_batch(dtype):
     _check("maxout_conv2d", (_r(0, 3, 5, 5), _r(8, 3, 3, 3), _r(8), 2, 1, 1), dtype, ["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("pool", [None, (2, 2)])
+def test_maxout_conv2d_one_input_channel_runs_channels_last(pool):
+    """A one-channel input fits both layouts; the convolution must still take its channels-last path (its
+    output, and so the op's, is channels-last), not oneDNN's NCHW path plus reorders and a copy."""
+    x, w, b = _r(3, 1, 8, 8), _r(8, 1, 3, 3), _r(8)
+    y = ops.maxout_conv2d(x, w, b, 2, 1, 1, pool, backend="cpp")
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, reference.maxout_conv2d(x, w, b, 2, 1, 1, pool), rtol=0, atol=1e-12)
 
 
 def test_maxout_conv2d_saves_only_input_weight_and_byte_index():

@@ -224,3 +224,28 @@ def test_metrics_truncate_and_table(tmp_path):
         {"row": "teacher", "model": "t", "test_acc_best": 0.9, "test_acc_last": 0.85, "epochs": 3,
          "params": 12345, "mults": 2.5e6, "speedup": 1.0}]})
     assert "90.00%" in table and "85.00%" in table and "12.35K" in table and "2.50M" in table
+
+
+# -- inference timing (Table 5) ---------------------------------------------------------------------------
+
+def test_time_forward_times_inference_without_autograd():
+    """A student's parameters require grad and the frozen teacher's do not: the speed column times both
+    without building an autograd graph (else the student would pay for one)."""
+    from fitnets_fast.trainer import _time_forward
+
+    outputs_require_grad = []
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            y = x * self.weight
+            outputs_require_grad.append(y.requires_grad)
+            return y
+
+    model = Scale()
+    seconds = _time_forward(model, torch.ones(6, 2), batch=3, repeats=2)
+    assert seconds > 0 and outputs_require_grad == [False] * 6  # (1 warm-up + 2 timed passes) x 2 batches
+    assert not model.training

@@ -45,6 +45,20 @@ def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else x.contiguous()
 
 
+def channels_last_conv_input(x: torch.Tensor) -> torch.Tensor:
+    """``x (N, C, H, W)`` in channels-last memory, with strides that tell PyTorch's convolution so.
+
+    A one-channel tensor fits both layouts, and ``contiguous(memory_format=torch.channels_last)`` leaves
+    its NCHW strides; the convolution then takes its NCHW path (here: a blocked output that oneDNN
+    reorders, then a copy back to channels-last for the kernel), which took most of a one-channel
+    8x8 layer's time. Restriding the same memory as ``(H*W, 1, W, 1)`` avoids that.
+    """
+    x = x.contiguous(memory_format=torch.channels_last)
+    if x.shape[1] == 1 and x.stride(1) != 1:
+        x = x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
+    return x
+
+
 def kernel_shape(shape: torch.Size, pieces: int, channels_last: bool) -> Tuple[int, int, int, int]:
     """``(M, C, K, S)`` of a ``(N, C*K, *rest)`` pre-activation in the given layout."""
     n, rest = shape[0], math.prod(shape[2:])

@@ -77,5 +77,5 @@ def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0):
     """See ``fitnets_fast.reference.hint_loss``."""
     if pieces > MAX_PIECES:
         return reference.hint_loss_impl(guided, hint, weight, bias, pieces, padding)
-    guided = guided.contiguous(memory_format=torch.channels_last)
-    return hint_epilogue(F.conv2d(guided, weight, None, 1, padding), hint, bias, pieces)[0]
+    pre = F.conv2d(_common.channels_last_conv_input(guided), weight, None, 1, padding)
+    return hint_epilogue(pre, hint, bias, pieces)[0]
