@@ -126,11 +126,13 @@ def check_name(name: str) -> str:
 
 
 def choices() -> dict[str, dict[str, str]]:
-    """For each op, the backend ``"auto"`` picks for float32 tensors on CPU and on CUDA."""
+    """For each op, the backend ``"auto"`` picks for float32 tensors on CPU (``"cpu"``) and on CUDA, and for
+    the bfloat16 tensors CPU autocast gives the maxout ops (``"cpu_bf16"``)."""
     table = {}
     for op in OPS:
         table[op] = {
             "cpu": _auto(op, torch.device("cpu"), torch.float32),
+            "cpu_bf16": _auto(op, torch.device("cpu"), torch.bfloat16),
             "cuda": _auto(op, torch.device("cuda"), torch.float32) if torch.cuda.is_available() else "n/a (no CUDA)",
         }
     return table

@@ -13,8 +13,10 @@ from . import _backend
 def info(print_it: bool = True) -> Dict[str, Any]:
     """Collect (and by default print) versions, the compute devices and each op's backend choice.
 
-    Returns a dict with keys ``versions``, ``devices``, ``backends`` (availability, with the reason when
-    one is unavailable) and ``ops`` (for each op, the backend "auto" picks on CPU and on CUDA, float32).
+    Returns a dict with keys ``versions``, ``devices`` (``cpu_bf16``: whether oneDNN runs bfloat16
+    convolutions natively here, what ``amp="bf16"`` gains from on CPU), ``backends`` (availability, with
+    the reason when one is unavailable) and ``ops`` (for each op, the backend "auto" picks on CPU and on
+    CUDA for float32, and on CPU for bfloat16).
     """
     from . import __version__
 
@@ -26,7 +28,8 @@ def info(print_it: bool = True) -> Dict[str, Any]:
     report: Dict[str, Any] = {
         "versions": {"fitnets_fast": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                      "triton": triton_version, "platform": platform.platform()},
-        "devices": {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+        "devices": {"cpu_threads": torch.get_num_threads(), "cpu_bf16": _cpu_bf16_convolutions(),
+                    "cuda": torch.cuda.is_available(),
                     "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "backends": {name: (_backend.unavailable_reason(name) or "available") for name in _backend.BACKENDS},
         "ops": _backend.choices(),
@@ -36,12 +39,20 @@ def info(print_it: bool = True) -> Dict[str, Any]:
     return report
 
 
+def _cpu_bf16_convolutions() -> bool:
+    """True when this CPU has the bfloat16 instructions oneDNN's bf16 convolutions need (AVX512-BF16, AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private binding: absent from some builds
+        return False
+
+
 def format_info(report: Dict[str, Any]) -> str:
     lines = ["fitnets_fast " + report["versions"]["fitnets_fast"]]
     lines += [f"  {k}: {v}" for k, v in report["versions"].items() if k != "fitnets_fast"]
     lines += [f"  {k}: {v}" for k, v in report["devices"].items()]
     lines.append("backends:")
     lines += [f"  {k}: {v}" for k, v in report["backends"].items()]
-    lines.append("op -> backend (auto, float32):")
-    lines += [f"  {op}: cpu={c['cpu']}, cuda={c['cuda']}" for op, c in report["ops"].items()]
+    lines.append("op -> backend (auto; float32 on cpu and cuda, bfloat16 on cpu):")
+    lines += [f"  {op}: cpu={c['cpu']}, cuda={c['cuda']}, cpu_bf16={c['cpu_bf16']}" for op, c in report["ops"].items()]
     return "\n".join(lines)

@@ -17,6 +17,10 @@ def test_info_reports_versions_devices_and_each_ops_backend(capsys):
     assert set(report["ops"]) == set(_backend.OPS)
     for op in _backend.OPS:
         assert f"{op}: cpu={report['ops'][op]['cpu']}" in printed
+    assert isinstance(report["devices"]["cpu_bf16"], bool)
+    bf16 = {op: report["ops"][op]["cpu_bf16"] for op in _backend.OPS}
+    assert bf16 == {"maxout": "cpp", "maxout_conv2d": "cpp", "maxout_linear": "cpp", "hint_loss": "reference",
+                    "kd_loss": "reference"}
 
 
 def test_use_backend_changes_what_auto_means_and_restores_it():
