@@ -210,14 +210,15 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
         }
     } else {
         // Outputs (m, c) are contiguous over both m and c: a block is either part of one long row
-        // (C > kBlock) or several whole rows, which are one contiguous run of pieces. A run of several rows
-        // takes its bias from the bias repeated once per row, so that it is a single max_adjacent pass
-        // (thin layers have rows of a few dozen outputs, too short for a pass each).
+        // (C > kBlock) or several whole rows. A row whose length is not a multiple of the vector width
+        // would end in a scalar remainder (12 channels: 8x slower per output than 16); such blocks of
+        // rows take one max_adjacent pass as a single run, with the bias repeated once per row.
         const int64_t blocks_per_row = (C + kBlock - 1) / kBlock;
         const int64_t rows_per_block = blocks_per_row == 1 ? std::max<int64_t>(1, kBlock / C) : 1;
         const int64_t tasks =
             blocks_per_row == 1 ? (sh.M + rows_per_block - 1) / rows_per_block : sh.M * blocks_per_row;
-        std::vector<T> repeated_bias(HasBias && rows_per_block > 1 ? rows_per_block * C * K : 0);
+        const bool one_run = rows_per_block > 1 && C % int64_t(64 / sizeof(A)) != 0;
+        std::vector<T> repeated_bias(HasBias && one_run ? rows_per_block * C * K : 0);
         for (int64_t j = 0; j < int64_t(repeated_bias.size()); j += C * K)
             std::copy(bias, bias + C * K, repeated_bias.begin() + j);
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
@@ -227,13 +228,19 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
             const int64_t m0 = blocks_per_row == 1 ? task * rows_per_block : task / blocks_per_row;
             const int64_t c0 = blocks_per_row == 1 ? 0 : (task % blocks_per_row) * kBlock;
             const int64_t rows = blocks_per_row == 1 ? std::min(rows_per_block, sh.M - m0) : 1;
-            const int64_t len = rows * std::min(kBlock, C - c0);
-            const T* bb = !HasBias ? nullptr : rows_per_block > 1 ? repeated_bias.data() : bias + c0 * K;
+            const int64_t len = std::min(kBlock, C - c0);
             with_pieces(K, [&](auto k) {
-                max_adjacent<T, HasBias, decltype(k)::value>(x + (m0 * C + c0) * K, bb, len, K, best, piece);
+                constexpr int KC = decltype(k)::value;
+                if (one_run) {
+                    max_adjacent<T, HasBias, KC>(x + m0 * C * K, repeated_bias.data(), rows * C, K, best, piece);
+                    return;
+                }
+                for (int64_t j = 0; j < rows; ++j)
+                    max_adjacent<T, HasBias, KC>(x + ((m0 + j) * C + c0) * K, HasBias ? bias + c0 * K : nullptr,
+                                                 len, K, best + j * len, piece + j * len);
             });
             double acc = 0.0;
-            epi(m0 * C + c0, len, best, piece, acc);
+            epi(m0 * C + c0, rows * len, best, piece, acc);
             total += acc;
         }
     }

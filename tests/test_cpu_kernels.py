@@ -278,7 +278,9 @@ def test_maxout_conv2d_under_autocast_runs_the_fused_kernel():
 @pytest.mark.parametrize("n,fin,fout,pieces,bias", [(5, 7, 3, 5, True), (9, 13, 11, 2, False), (1, 4, 6, 4, True),
                                                     (0, 4, 3, 2, True), (4, 5, 3, 1, True),
                                                     # rows longer than a kernel block (512 outputs), 7 pieces
-                                                    (3, 5, 1031, 2, True), (6, 3, 37, 7, True)])
+                                                    (3, 5, 1031, 2, True), (6, 3, 37, 7, True),
+                                                    # rows of whole vectors (a pass per row), partial last block
+                                                    (37, 6, 32, 2, True)])
 def test_maxout_linear(n, fin, fout, pieces, bias, dtype):
     tensors = (_r(n, fin), _r(fout * pieces, fin)) + ((_r(fout * pieces),) if bias else ())
     names = ["x", "weight"] + (["bias"] if bias else [])
