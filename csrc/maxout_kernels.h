@@ -247,62 +247,52 @@ double maxout_blocks(const T* x, const T* bias, MaxoutShape sh, int threads, Epi
     return total;
 }
 
-// Backward of one output row whose K pieces are rows of S positions (NCHW): out[p*S + s] = scale * g[s] if
-// w[s] == p, else 0, in one pass over g and w; piece_sums[p] (if not null) += sum_s out[p*S + s].
-// KC: K known at compile time (the pieces are then written out, so gcc vectorises over s), or 0 to use
-// the run-time K.
-template <typename T, int KC, int... P>
-inline void scatter_row_unrolled(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale,
-                                 T* __restrict out, int64_t S, std::integer_sequence<int, P...>) {
+// Backward scatter over n outputs: piece p of output i gets scale * g[i] if w[i] == p, else 0. Adjacent:
+// the pieces of output i are out[i*K + p] (channels-last or linear); otherwise out[p*stride + i] (one NCHW
+// row, stride = S). KC: K known at compile time (the pieces are then written out, so gcc vectorises over
+// i), or 0 to use the run-time K.
+template <typename T, bool Adjacent, int KC, int... P>
+inline void scatter_unrolled(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale, T* __restrict out,
+                             int64_t n, int64_t stride, std::integer_sequence<int, P...>) {
     using A = Arith<T>;
-    for (int64_t s = 0; s < S; ++s) {
-        const A v = A(g[s]) * scale;
-        ((out[P * S + s] = T(w[s] == uint8_t(P) ? v : A(0))), ...);
+    for (int64_t i = 0; i < n; ++i) {
+        const A v = A(g[i]) * scale;
+        ((out[Adjacent ? i * KC + P : P * stride + i] = T(w[i] == uint8_t(P) ? v : A(0))), ...);
     }
 }
 
+template <typename T, bool Adjacent, int KC>
+inline void scatter(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale, T* __restrict out,
+                    int64_t n, int64_t K, int64_t stride) {
+    using A = Arith<T>;
+    if constexpr (KC > 0) {
+        scatter_unrolled<T, Adjacent, KC>(g, w, scale, out, n, stride, std::make_integer_sequence<int, KC>{});
+    } else {
+        auto piece_of = [&](int64_t i, int64_t p) { return T(w[i] == uint8_t(p) ? A(g[i]) * scale : A(0)); };
+        if constexpr (Adjacent) {  // loops ordered so that the writes are contiguous
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t p = 0; p < K; ++p) out[i * K + p] = piece_of(i, p);
+        } else {
+            for (int64_t p = 0; p < K; ++p)
+                for (int64_t i = 0; i < n; ++i) out[p * stride + i] = piece_of(i, p);
+        }
+    }
+}
+
+// scatter of one NCHW output row (K pieces, rows of S positions), then piece_sums[p] (if not null) +=
+// sum_s out[p*S + s].
 template <typename T, int KC>
 inline void scatter_row(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale, T* __restrict out,
                         int64_t S, int64_t run_time_k, double* piece_sums) {
     using A = Arith<T>;
     const int64_t K = KC > 0 ? KC : run_time_k;
-    if constexpr (KC > 0) {
-        scatter_row_unrolled<T, KC>(g, w, scale, out, S, std::make_integer_sequence<int, KC>{});
-    } else {
-        for (int64_t p = 0; p < K; ++p)
-            for (int64_t s = 0; s < S; ++s) out[p * S + s] = T(w[s] == uint8_t(p) ? A(g[s]) * scale : A(0));
-    }
+    scatter<T, false, KC>(g, w, scale, out, S, K, S);
     if (piece_sums == nullptr) return;
     for (int64_t p = 0; p < K; ++p) {
         A sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int64_t s = 0; s < S; ++s) sum += A(out[p * S + s]);
         piece_sums[p] += sum;
-    }
-}
-
-// Backward over n outputs whose K pieces are adjacent: out[o*K + p] = scale * g[o] if w[o] == p, else 0.
-// KC: K known at compile time (the pieces are then written out, so gcc vectorises over o), or 0 to use
-// the run-time K.
-template <typename T, int KC, int... P>
-inline void scatter_adjacent_unrolled(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale,
-                                      T* __restrict out, int64_t n, std::integer_sequence<int, P...>) {
-    using A = Arith<T>;
-    for (int64_t o = 0; o < n; ++o) {
-        const A v = A(g[o]) * scale;
-        ((out[o * KC + P] = T(w[o] == uint8_t(P) ? v : A(0))), ...);
-    }
-}
-
-template <typename T, int KC>
-inline void scatter_adjacent(const T* __restrict g, const uint8_t* __restrict w, Arith<T> scale, T* __restrict out,
-                             int64_t n, int64_t K) {
-    using A = Arith<T>;
-    if constexpr (KC > 0) {
-        scatter_adjacent_unrolled<T, KC>(g, w, scale, out, n, std::make_integer_sequence<int, KC>{});
-    } else {
-        for (int64_t o = 0; o < n; ++o)
-            for (int64_t p = 0; p < K; ++p) out[o * K + p] = T(w[o] == uint8_t(p) ? A(g[o]) * scale : A(0));
     }
 }
 
@@ -348,7 +338,7 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, Arith<T> scale, T*
                 const int64_t rows = std::min(rows_per_block, sh.M - m0);
                 T* out = grad_in + m0 * C * K;
                 with_pieces(K, [&](auto k) {
-                    scatter_adjacent<T, decltype(k)::value>(grad_out + m0 * C, piece + m0 * C, scale, out, rows * C, K);
+                    scatter<T, true, decltype(k)::value>(grad_out + m0 * C, piece + m0 * C, scale, out, rows * C, K, 0);
                 });
                 if (!want_bias) continue;
                 std::fill(block_sum.begin(), block_sum.end(), A(0));
