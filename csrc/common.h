@@ -67,31 +67,29 @@ inline auto dispatch_float_or_bf16(const std::string& dtype, Fn&& fn) {
     throw std::invalid_argument("fitnets_fast._C supports float32, float64 and bfloat16 here, got " + dtype);
 }
 
-// exp(x) for x <= 0 (and NaN), written branch-free so that gcc vectorises loops calling it.
-// float: Cody-Waite range reduction + degree-6 minimax polynomial (max rel. error ~2 ulp);
-// exp(x) = 0 for x below the smallest normal's log; NaN stays NaN.
-inline float exp_nonpos(float x) {
-    const float lo = -87.33654f;
-    float xc = x < lo ? lo : x;
-    float n = std::nearbyint(xc * 1.44269504088896341f);
-    float r = xc - n * 0.693145751953125f;
-    r = r - n * 1.42860682030941723212e-6f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+// 2^u for u <= 0 (and NaN), written branch-free so that gcc vectorises loops calling it: u = n + f with
+// n = round(u) and |f| <= 1/2, 2^f from a degree-6 minimax polynomial (max. error ~1.2 ulp), 2^n put in the
+// exponent bits. 2^u = 0 below the smallest normal (u < -126); a NaN u gives a NaN (through the polynomial).
+// n is rounded with the 1.5 * 2^23 shifter: its low bits then hold n in two's complement, so the exponent
+// comes from an integer shift without a float-to-int conversion.
+inline float exp2_nonpos(float u) {
+    const float lo = -126.0f, shifter = 12582912.0f;
+    const float uc = u < lo ? lo : u;
+    const float shifted = uc + shifter;
+    const float f = uc - (shifted - shifter);
+    float p = 1.5353361960e-4f;
+    p = p * f + 1.3398875017e-3f;
+    p = p * f + 9.6184369177e-3f;
+    p = p * f + 5.5503323674e-2f;
+    p = p * f + 2.4022647738e-1f;
+    p = p * f + 6.9314718246e-1f;
+    p = p * f + 1.0f;
+    uint32_t n_bits;
+    std::memcpy(&n_bits, &shifted, sizeof n_bits);
+    const uint32_t scale_bits = (n_bits << 23) + (127u << 23);
     float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
-    y = x < lo ? 0.0f : y;
-    return x != x ? x : y;
+    std::memcpy(&scale, &scale_bits, sizeof scale);
+    return u < lo ? 0.0f : p * scale;
 }
-
-inline double exp_nonpos(double x) { return std::exp(x); }
-inline long double exp_nonpos(long double x) { return std::exp(x); }
 
 }  // namespace fitnets
