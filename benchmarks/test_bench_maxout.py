@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from fitnets_fast import cpu, reference
-from conftest import grad_of, no_grad, rounds
+from conftest import amax_maxout, grad_of, no_grad, rounds
 
 N = 128
 SHAPES = [(96, 2, 32), (192, 2, 16), (192, 4, 8), (32, 2, 32), (80, 2, 16), (128, 2, 8)]  # (C, k, H=W)
-
-
-def _amax(x, pieces):
-    n, ck, h, w = x.shape
-    return x.view(n, ck // pieces, pieces, h, w).amax(2)
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
@@ -35,7 +30,7 @@ def test_maxout(interleaved, shape, mode):
     variants = {
         "fused": wrap(cpu.maxout_impl, (x, k)),
         "reference": wrap(reference.maxout_impl, (x, k)),
-        "amax": wrap(_amax, (x, k)),
+        "amax": wrap(amax_maxout, (x, k)),
         "compiled": wrap(compiled, (x, k)),
         "copy": lambda: buffer.copy_(source),
     }
