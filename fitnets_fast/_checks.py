@@ -72,17 +72,25 @@ def maxout_input(x, pieces: int) -> None:
     pieces_divide("x", x.shape[1], pieces)
 
 
-def maxout_conv2d_args(x, weight, bias, pieces, stride, padding, pool=None) -> None:
+def _maxout_layer_args(x, weight, bias, pieces, dims: int, x_layout: str, weight_layout: str,
+                       inputs: str) -> None:
+    """What the maxout conv and linear layers check alike: tensors of ``dims`` dims, ``pieces`` dividing the
+    weight's rows, ``x``'s dim 1 matching the weight's (``inputs`` names it), the bias, one device, one dtype."""
     for name, value in (("x", x), ("weight", weight)):
         tensor(name, value)
-    rank("x", x, 4, "N x C_in x H x W")
-    rank("weight", weight, 4, "C_out*pieces x C_in x kH x kW")
+    rank("x", x, dims, x_layout)
+    rank("weight", weight, dims, weight_layout)
     pieces_divide("weight", weight.shape[0], pieces)
     if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} input channels but weight expects {weight.shape[1]}")
+        raise ValueError(f"x has {x.shape[1]} {inputs} but weight expects {weight.shape[1]}")
     _bias(bias, weight.shape[0])
     same_device(x=x, weight=weight, bias=bias)
     same_dtype(x=x, weight=weight, bias=bias)
+
+
+def maxout_conv2d_args(x, weight, bias, pieces, stride, padding, pool=None) -> None:
+    _maxout_layer_args(x, weight, bias, pieces, 4, "N x C_in x H x W", "C_out*pieces x C_in x kH x kW",
+                       "input channels")
     _conv_geometry(x, weight, stride, padding)
     if pool is not None:
         _pool(pool, [(x.shape[d] + 2 * padding - weight.shape[d]) // stride + 1 for d in (2, 3)])
@@ -99,16 +107,8 @@ def _pool(pool, conv_output_size) -> None:
 
 
 def maxout_linear_args(x, weight, bias, pieces) -> None:
-    for name, value in (("x", x), ("weight", weight)):
-        tensor(name, value)
-    rank("x", x, 2, "N x in_features")
-    rank("weight", weight, 2, "out_features*pieces x in_features")
-    pieces_divide("weight", weight.shape[0], pieces)
-    if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} features but weight expects {weight.shape[1]}")
-    _bias(bias, weight.shape[0])
-    same_device(x=x, weight=weight, bias=bias)
-    same_dtype(x=x, weight=weight, bias=bias)
+    _maxout_layer_args(x, weight, bias, pieces, 2, "N x in_features", "out_features*pieces x in_features",
+                       "features")
 
 
 def hint_loss_args(guided, hint, weight, bias, pieces, padding) -> None:
