@@ -412,6 +412,40 @@ def test_kd_loss_float64_long_rows_against_extended_precision(rows):
         assert err <= 16 * torch.finfo(D).eps, f"{label}: relative error {err:.2e}"
 
 
+def _kd_teacher_grad_pairwise(s, t, temperature, weight):
+    """dL/dt of the KD loss (T_s = T, reduction "sum") in extended precision, written as
+    ``-weight / T^2 * p_j * sum_l p_l (s_j - s_l)``, p = softmax(t / T): no log-sum is subtracted, so it stays
+    accurate where p is nearly one-hot (where ``p * (log_softmax + soft)`` cancels to rounding noise)."""
+    ld = np.longdouble
+    s, t = s.numpy().astype(ld), t.numpy().astype(ld)
+    z = t / ld(temperature)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    pairwise = np.stack([(p[i] * (s[i][:, None] - s[i][None, :])).sum(1) for i in range(len(s))])
+    return -ld(weight) / ld(temperature) ** 2 * p * pairwise
+
+
+@pytest.mark.parametrize("student_grad", [True, False], ids=["with_student_grad", "teacher_only"])
+@pytest.mark.parametrize("k", [7, 2500])
+def test_kd_loss_teacher_gradient_of_a_sharp_teacher(k, student_grad):
+    """A teacher whose logits are far apart puts nearly all its probability on one class, where dL/dt is a
+    small sum of small terms. float32, against extended precision: the kernel must keep its relative
+    accuracy there (it centres the student logits on that class). With 2500 classes the largest teacher
+    logit lies in the second block of 2048 in some rows (the online path moves the centre there)."""
+    torch.manual_seed(7)
+    s, t = torch.randn(4, k) * 30, torch.randn(4, k) * 30
+    t[0, k - 3], t[1, 1] = t[0].max() + 25, t[1].max() + 25  # p of the runner-up < e^-25, still a normal float
+    y = torch.tensor([0, 1, -100, 2])
+    s.requires_grad_(student_grad)
+    t.requires_grad_(True)
+    loss = ops.kd_loss(s, t, y, 1.0, 2.0, None, 1.0, "sum", backend="cpp")
+    (got,) = torch.autograd.grad(loss, [t])
+    truth = _kd_teacher_grad_pairwise(s.detach(), t.detach(), 1.0, 2.0)
+    for row in range(4):
+        err = np.abs(got[row].numpy().astype(np.longdouble) - truth[row]).max() / np.abs(truth[row]).max()
+        assert err <= 16 * torch.finfo(torch.float32).eps, f"row {row}: relative error {float(err):.2e}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kd_loss_ignore_index_and_target_dtypes(dtype):
     y = torch.full((4,), 7, dtype=torch.int32)  # every row ignored: no hard term, soft term over all rows

@@ -1,7 +1,7 @@
 """Knowledge-distillation loss (FitNets stage 2) on the C++ kernel.
 
 The forward makes one streaming pass per row (online softmax: any class count) that computes the loss and
-saves the row's softmax statistics (``(N, 4)`` float64); when the student logits will need a gradient it
+saves the row's softmax statistics (``(N, 2)`` float64); when the student logits will need a gradient it
 also writes ``dL/ds`` in that pass, from the exponentials it has just computed. The backward then only
 scales that buffer by the incoming gradient (nothing at all for the usual gradient of 1), and makes
 ``dL/dt`` from the statistics in its own pass when the teacher logits require grad.
@@ -16,7 +16,7 @@ from .. import _C, _alloc
 from . import _common
 
 _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
-_STATS = 4  # per-row statistics for the teacher gradient (csrc/kd_loss.cpp: Stat)
+_STATS = 2  # per-row statistics for the teacher gradient (csrc/kd_loss.cpp: Stat)
 
 
 def _kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -24,7 +24,7 @@ def _kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
              ignore_index: int, student_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(N, K)`` logits, ``(N,)`` integer target; ``weight = lam * soft_scale``.
 
-    Returns (loss: 0-dim, or ``(N,)`` for reduction "none"; row statistics ``(N, 4)`` float64;
+    Returns (loss: 0-dim, or ``(N,)`` for reduction "none"; row statistics ``(N, 2)`` float64;
     ``dL/ds (N, K)`` under the reduction for an incoming gradient of 1 if ``student_grad``, else ``(0,)``).
     """
     s, t, y = _contiguous(student_logits, teacher_logits, target)
