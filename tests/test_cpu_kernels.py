@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fitnets_fast import _backend, ops, reference
-from kernel_check import EPS_MARGIN, check_against_reference
+from kernel_check import EPS_MARGIN, check_against_reference, offset_logits
 
 pytestmark = pytest.mark.skipif(_backend.module("cpp") is None,
                                 reason=f"C++ kernels not built: {_backend.unavailable_reason('cpp')}")
@@ -28,8 +28,9 @@ def _r(*shape):
     return torch.randn(*shape, dtype=D)
 
 
-def _check(op, args, dtype, names, view=lambda *a: a):
-    """Compare ``ops.<op>(*view(*tensors), *rest)`` on the cpp backend with the reference op."""
+def _check(op, args, dtype, names, view=lambda *a: a, allow_reference_error=True):
+    """Compare ``ops.<op>(*view(*tensors), *rest)`` on the cpp backend with the reference op
+    (``allow_reference_error``: see ``check_against_reference``)."""
     n = len(names)
     tensors, rest = args[:n], args[n:]
 
@@ -41,7 +42,8 @@ def _check(op, args, dtype, names, view=lambda *a: a):
 
     # bfloat16's epsilon is 2**-7: the usual 16-epsilon margin would hide a rounding error there.
     margin = BF16_MARGIN if dtype == BF16 else EPS_MARGIN
-    check_against_reference(kernel, ref, tensors, dtype, names=names, margin=margin)
+    check_against_reference(kernel, ref, tensors, dtype, names=names, margin=margin,
+                            allow_reference_error=allow_reference_error)
 
 
 # --------------------------------------------------------------------------------------------- maxout
@@ -410,6 +412,17 @@ def test_kd_loss_float64_long_rows_against_extended_precision(rows):
         k = k.numpy().astype(np.longdouble)
         err = float(np.abs(k - e).max() / np.abs(e).max())
         assert err <= 16 * torch.finfo(D).eps, f"{label}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("student_temperature", [None, 1.0])
+@pytest.mark.parametrize("k", [7, 2500])
+def test_kd_loss_offset_logits_lose_no_accuracy(k, student_temperature):
+    """Logits with a large common offset: the float32 reference loses digits in x / T before it subtracts the
+    maximum (its error here reaches ~100 eps); the kernel subtracts first, so it must be within the margin
+    of the float64 result by itself."""
+    y = torch.tensor([0, 3, -100, 6, 1])
+    _check("kd_loss", (offset_logits(5, k), offset_logits(5, k), y, 3.0, 4.0, student_temperature, 1.0, "mean"),
+           torch.float32, KD_NAMES, allow_reference_error=False)
 
 
 def _kd_teacher_grad_pairwise(s, t, temperature, weight):

@@ -7,6 +7,12 @@ Per row ``i`` (``s`` student, ``t`` teacher logits, ``y`` label, ``w = lam * sof
     dhard/ds = softmax(s_i) - onehot(y_i)
     dsoft/ds = (softmax(s_i / T_s) - p_i) / T_s
     dsoft/dt = -(p_i / T) * (log_softmax(s_i / T_s) - sum_j p_ij log_softmax(s_i / T_s)_j)
+             = -(p_i / (T T_s)) * ((s_i - c_i) - sum_j p_ij (s_ij - c_i))
+
+Every exponential is taken of a difference to the row's maximum (s - max s, t - max t) before the
+temperature scales it, so a large common offset of the logits costs no accuracy. ``c_i`` is s at the
+teacher's largest logit: a sharp teacher puts nearly all of p there, and the sum is then a sum of small
+terms, where a shift by max s would leave dL/dt at that class as mostly rounding error.
 
 The forward kernel computes the loss (per row for ``reduction="none"``, else one partial sum per program,
 already scaled by the reduction's coefficients) and writes dL/ds, and dL/dt when the teacher needs a
@@ -55,15 +61,34 @@ def kd_config(n: int, k: int) -> KDConfig:
 
 
 @triton.jit
-def _row_grads(s, t, mask, cols, y, lse1, lse2, m3, z3, E, c_h, c_s, inv_ts, inv_t):
-    """dL/ds and dL/dt for a [rows, block] tile (accumulator dtype) given the row statistics; columns outside
-    ``mask`` (read as -inf) give finite junk that is never stored."""
+def _row_grads(s, t, mask, cols, y, m1, z1, z2, mt, z3, c, mean_c, c_h, c_s, inv_ts, inv_t):
+    """dL/ds and dL/dt for a [rows, block] tile (accumulator dtype) given the row statistics (see
+    ``_kd_loss_kernel``); columns outside ``mask`` (read as -inf) give junk that is never stored."""
     onehot = (cols[None, :] == y[:, None]).to(s.dtype)
-    p = tl.exp(t * inv_t - m3[:, None]) / z3[:, None]
-    ls = tl.where(mask, s * inv_ts, 0.0) - lse2[:, None]
-    gs = c_h[:, None] * (tl.exp(s - lse1[:, None]) - onehot) + (c_s * inv_ts) * (tl.exp(ls) - p)
-    gt = (-c_s * inv_t) * p * (ls - E[:, None])
+    d1 = s - m1[:, None]
+    p = tl.exp((t - mt[:, None]) * inv_t) / z3[:, None]
+    gs = c_h[:, None] * (tl.exp(d1) / z1[:, None] - onehot) + (c_s * inv_ts) * (tl.exp(d1 * inv_ts) / z2[:, None] - p)
+    gt = (-c_s * inv_t * inv_ts) * p * tl.where(mask, (s - c[:, None]) - mean_c[:, None], 0.0)
     return gs, gt
+
+
+@triton.jit
+def _teacher_top(s, t, tile_cols):
+    """Per row of a [rows, block] tile: (max of t, s at its first maximum); ``tile_cols`` = arange(block)."""
+    top = tl.argmax(t, axis=1)
+    return tl.max(t, axis=1), tl.sum(tl.where(tile_cols[None, :] == top[:, None], s, 0.0), axis=1)
+
+
+@triton.jit
+def _centre(top_s, m1, fallback):
+    """The shift c: s at the teacher's largest logit (``top_s``) if finite, else max s (``m1``) if finite,
+    else ``fallback``."""
+    return tl.where(_finite(top_s), top_s, tl.where(_finite(m1), m1, fallback))
+
+
+@triton.jit
+def _finite(x):
+    return (x == x) & (tl.abs(x) < float("inf"))
 
 
 @triton.jit
@@ -100,23 +125,28 @@ def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, gs_ptr, gt_ptr, N, K, inv_t0, 
     y = tl.where(labelled, y, -1)
     s_y = to_acc(tl.load(s_ptr + base + tl.maximum(y, 0), mask=labelled, other=0.0), FP64)
 
+    # Row statistics: m1 = max s, z1 = sum exp(s - m1), z2 = sum exp((s - m1) / T_s), mt = max t,
+    # z3 = sum exp((t - mt) / T), c = s at the teacher's first maximum (_centre), a3 = sum exp((t - mt) / T)
+    # (s - c).
     if SINGLE:
         mask = (cols0 < K)[None, :]
         s = to_acc(tl.load(s_ptr + base[:, None] + cols0[None, :], mask=mask, other=float("-inf")), FP64)
         t = to_acc(tl.load(t_ptr + base[:, None] + cols0[None, :], mask=mask, other=float("-inf")), FP64)
         m1 = tl.max(s, axis=1)
-        z1 = tl.sum(tl.exp(s - m1[:, None]), axis=1)
-        m2 = m1 * inv_ts
-        z2 = tl.sum(tl.exp(s * inv_ts - m2[:, None]), axis=1)
-        m3 = tl.max(t * inv_t, axis=1)
-        e3 = tl.exp(t * inv_t - m3[:, None])
+        d1 = s - m1[:, None]
+        z1 = tl.sum(tl.exp(d1), axis=1)
+        z2 = tl.sum(tl.exp(d1 * inv_ts), axis=1)
+        mt, top_s = _teacher_top(s, t, cols0)
+        c = _centre(top_s, m1, zero)
+        e3 = tl.exp((t - mt[:, None]) * inv_t)
         z3 = tl.sum(e3, axis=1)
-        a3 = tl.sum(e3 * tl.where(mask, s, 0.0), axis=1) * inv_ts
+        a3 = tl.sum(e3 * tl.where(mask, s - c[:, None], 0.0), axis=1)
     else:
         m1 = zero + float("-inf")
         z1 = zero
         z2 = zero
-        m3 = zero + float("-inf")
+        mt = zero + float("-inf")
+        c = zero
         z3 = zero
         a3 = zero
         for start in range(0, K, BLOCK_K):
@@ -128,17 +158,20 @@ def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, gs_ptr, gt_ptr, N, K, inv_t0, 
             z1 = z1 * tl.exp(m1 - new1) + tl.sum(tl.exp(s - new1[:, None]), axis=1)
             z2 = z2 * tl.exp((m1 - new1) * inv_ts) + tl.sum(tl.exp((s - new1[:, None]) * inv_ts), axis=1)
             m1 = new1
-            new3 = tl.maximum(m3, tl.max(t * inv_t, axis=1))
-            e3 = tl.exp(t * inv_t - new3[:, None])
-            scale3 = tl.exp(m3 - new3)
+            # A new teacher maximum rescales the teacher sums and moves the centre c to its class.
+            block_mt, block_top_s = _teacher_top(s, t, cols0)
+            moved = block_mt > mt
+            new_mt = tl.where(moved, block_mt, mt)
+            new_c = tl.where(moved, _centre(block_top_s, m1, c), c)
+            scale3 = tl.where(moved, tl.exp((mt - new_mt) * inv_t), 1.0)
+            e3 = tl.exp((t - new_mt[:, None]) * inv_t)
+            a3 = scale3 * (a3 + z3 * (c - new_c)) + tl.sum(e3 * tl.where(mask, s - new_c[:, None], 0.0), axis=1)
             z3 = z3 * scale3 + tl.sum(e3, axis=1)
-            a3 = a3 * scale3 + tl.sum(e3 * tl.where(mask, s, 0.0), axis=1) * inv_ts
-            m3 = new3
-        m2 = m1 * inv_ts
-    lse1 = m1 + tl.log(z1)
-    lse2 = m2 + tl.log(z2)
-    soft = lse2 - a3 / z3
-    loss = c_h * (lse1 - s_y) + c_s * soft
+            mt = new_mt
+            c = new_c
+    mean_c = a3 / z3  # sum_j p_j (s_j - c)
+    soft = tl.log(z2) - (mean_c + (c - m1)) * inv_ts
+    loss = c_h * (tl.log(z1) + (m1 - s_y)) + c_s * soft
     if REDUCE == 0:
         tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=row_ok)
     else:
@@ -146,10 +179,9 @@ def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, gs_ptr, gt_ptr, N, K, inv_t0, 
         tl.store(out_ptr + pid, total.to(out_ptr.dtype.element_ty))
 
     if GRAD_S or GRAD_T:
-        E = a3 / z3 - lse2  # sum_j p_j * log_softmax(s / T_s)_j
         out_ok = row_ok[:, None]
         if SINGLE:
-            gs, gt = _row_grads(s, t, mask, cols0, y, lse1, lse2, m3, z3, E, c_h, c_s, inv_ts, inv_t)
+            gs, gt = _row_grads(s, t, mask, cols0, y, m1, z1, z2, mt, z3, c, mean_c, c_h, c_s, inv_ts, inv_t)
             mask = out_ok & (cols0 < K)[None, :]
             if GRAD_S:
                 tl.store(gs_ptr + base[:, None] + cols0[None, :], gs.to(gs_ptr.dtype.element_ty), mask=mask)
@@ -161,7 +193,8 @@ def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, gs_ptr, gt_ptr, N, K, inv_t0, 
                 mask = (cols < K)[None, :]
                 s = to_acc(tl.load(s_ptr + base[:, None] + cols[None, :], mask=mask, other=float("-inf")), FP64)
                 t = to_acc(tl.load(t_ptr + base[:, None] + cols[None, :], mask=mask, other=float("-inf")), FP64)
-                gs, gt = _row_grads(s, t, mask, cols, y, lse1, lse2, m3, z3, E, c_h, c_s, inv_ts, inv_t)
+                gs, gt = _row_grads(s, t, mask, cols, y, m1, z1, z2, mt, z3, c, mean_c, c_h, c_s, inv_ts,
+                                    inv_t)
                 if GRAD_S:
                     tl.store(gs_ptr + base[:, None] + cols[None, :], gs.to(gs_ptr.dtype.element_ty),
                              mask=out_ok & mask)
