@@ -460,6 +460,14 @@ def test_kd_loss_teacher_gradient_of_a_sharp_teacher(k, student_grad):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_kd_loss_non_contiguous(dtype):
+    """A transposed student, a column-sliced teacher and strided labels give the contiguous inputs' results."""
+    y = torch.tensor([4, 0, 8, 2, 1, 3, 5, 7, 6, 0])[::2]
+    _check("kd_loss", (_r(9, 5), _r(5, 18), y, 3.0, 4.0, None, 1.0, "none"), dtype, KD_NAMES,
+           view=lambda s, t: (s.t(), t[:, ::2]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kd_loss_ignore_index_and_target_dtypes(dtype):
     y = torch.full((4,), 7, dtype=torch.int32)  # every row ignored: no hard term, soft term over all rows
     _check("kd_loss", (_r(4, 9), _r(4, 9), y, 3.0, 2.0, None, 1.0, "mean", 7), dtype, KD_NAMES)
