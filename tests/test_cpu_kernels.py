@@ -361,6 +361,13 @@ def test_kd_loss_student_temperatures(student_temperature, dtype):
                KD_NAMES)
 
 
+def test_kd_loss_largest_class_count():
+    """The issue's upper end, 256K classes (here 2^18 - 3: not a whole number of blocks)."""
+    k = (1 << 18) - 3
+    y = torch.tensor([0, k - 1, -100])
+    _check("kd_loss", (_r(3, k) * 3, _r(3, k) * 3, y, 3.0, 4.0, None, 1.0, "mean"), torch.float32, KD_NAMES)
+
+
 def _rising_rows(k):
     """Rows whose student max rises block after block (teacher's falls): every block rescales the sums."""
     s = torch.linspace(-30, 30, k, dtype=D).repeat(3, 1) + 0.1 * _r(3, k)

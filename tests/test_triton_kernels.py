@@ -89,6 +89,14 @@ def test_kd_loss_without_gradients_matches():
     assert torch.allclose(got, reference.kd_loss_impl(s, t, y), rtol=1e-12, atol=0)
 
 
+def test_kd_loss_largest_class_count():
+    """256K classes (2^18 - 3) with the heuristic's column-block loop."""
+    k = (1 << 18) - 3
+    y = torch.tensor([0, k - 1, -100], device=DEVICE)
+    check_against_reference(kernels.kd_loss_impl, reference.kd_loss_impl, [randn(3, k) * 3, randn(3, k) * 3, y],
+                            torch.float32, names=["d/dstudent", "d/dteacher"])
+
+
 def test_kd_config_small_classes_use_one_program():
     """128 x 10 (CIFAR-10 batch) fits one program: the loss is a single launch."""
     cfg = kd_config(128, 10)
