@@ -5,7 +5,7 @@ Run on a CUDA machine (target: under 8 minutes on one H100)::
     python benchmarks/gpu_check.py [--out benchmarks/results/<gpu>.md] [--budget 400]
 
 1. Accuracy: every fused op (forward and every gradient) at FitNet/KD sizes in fp32 (TF32 off), tf32
-   (TF32 on: the matmul-based ops) and bf16, by ``tests/kernel_check.check_against_reference``: the
+   (TF32 on: the matmul-based ops) and bf16, by ``fitnets_fast.testing.check_against_reference``: the
    kernel's error against the float64 reference must be no worse than PyTorch's own error in that dtype
    plus 16 eps x scale, with the kernel's outputs poisoned.
 2. Benchmarks: median time (``triton.testing.do_bench``) of the forward (under ``no_grad``) and of
@@ -46,10 +46,7 @@ if DRY_RUN and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before fitnets_fast/triton are imported
 
 from fitnets_fast import _backend, models, ops  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from kernel_check import check_against_reference  # noqa: E402
+from fitnets_fast.testing import check_against_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -218,7 +215,7 @@ def cases(dry: bool) -> Dict[str, List[Case]]:
 def accuracy(report: Report, dry: bool) -> int:
     report.add("## 1. Accuracy against the float64 reference (forward and every gradient)")
     report.add("Rule: kernel error <= PyTorch's own error in that dtype + 16 eps x max|truth| "
-               "(tests/kernel_check.py), kernel outputs NaN-poisoned.")
+               "(fitnets_fast.testing), kernel outputs NaN-poisoned.")
     report.add()
     rows, failures = [], 0
     modes = [("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)]

@@ -2,7 +2,7 @@
 
 Shapes: FitNet 4's regressor from the CIFAR teacher (guided (80, 8, 8) -> hint (192, 7, 7): 2x2 kernel,
 2 pieces, see ``models.build_regressor``) and the baseline's (32, 16, 16) -> (192, 8, 8) with a 9x9 kernel.
-Variants: ``fused`` (bias-free conv + C++ epilogue, ``fitnets_fast.cpu.hint_loss_impl``), ``reference``
+Variants: ``fused`` (bias-free conv + C++ epilogue, ``fitnets_fast.cpp.hint_loss_impl``), ``reference``
 (eager), ``compiled``.
 """
 import pytest

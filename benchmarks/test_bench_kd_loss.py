@@ -1,6 +1,6 @@
 """KD loss forward and forward+backward (w.r.t. the student logits), fp32, at the issue's shapes.
 
-Variants: ``fused`` (C++ kernel, ``fitnets_fast.cpu.kd_loss_impl``), ``reference`` (eager), ``compiled``
+Variants: ``fused`` (C++ kernel, ``fitnets_fast.cpp.kd_loss_impl``), ``reference`` (eager), ``compiled``
 (``torch.compile`` of the reference).
 The paper's settings: T = 3, lam = 4, student softened at T too, mean reduction.
 """

@@ -1,7 +1,7 @@
 // Shared helpers for the fused CPU kernels: raw-pointer views, a bfloat16 storage type, dtype dispatch and a
 // vectorisable exp.
 //
-// The Python side (fitnets_fast/cpu/) passes data pointers as integers together with sizes; every tensor
+// The Python side (fitnets_fast/cpp/) passes data pointers as integers together with sizes; every tensor
 // it passes is contiguous in the layout the kernel documents, and outputs are preallocated by Python.
 #pragma once
 

@@ -3,7 +3,7 @@
 A backend is a module (unavailable if it cannot be imported) exposing ``<op>_impl`` functions with the signatures of ``fitnets_fast.reference``:
 
 * ``"reference"``: ``fitnets_fast.reference`` (always available, any device and dtype);
-* ``"cpp"``: ``fitnets_fast.cpu`` (needs the compiled ``fitnets_fast._C``; CPU tensors, float32/float64, and
+* ``"cpp"``: ``fitnets_fast.cpp`` (needs the compiled ``fitnets_fast._C``; CPU tensors, float32/float64, and
   bfloat16 for the maxout ops, which is what they get under ``torch.autocast("cpu")``);
 * ``"triton"``: ``fitnets_fast.kernels`` (needs triton; CUDA tensors, or CPU tensors when
   ``TRITON_INTERPRET=1``, which is how CI runs the kernels).
@@ -24,7 +24,7 @@ import torch
 
 BACKENDS = ("reference", "cpp", "triton")
 OPS = ("maxout", "maxout_conv2d", "maxout_linear", "hint_loss", "kd_loss")
-_MODULES = {"reference": "fitnets_fast.reference", "cpp": "fitnets_fast.cpu", "triton": "fitnets_fast.kernels"}
+_MODULES = {"reference": "fitnets_fast.reference", "cpp": "fitnets_fast.cpp", "triton": "fitnets_fast.kernels"}
 _CPP_DTYPES = (torch.float32, torch.float64)
 _CPP_BF16_OPS = ("maxout", "maxout_conv2d", "maxout_linear")  # the losses run in float32 under autocast
 

@@ -1,7 +1,7 @@
 """Plain-PyTorch reference implementations: the executable spec of every fused op.
 
 Each public function validates its arguments and then calls its ``*_impl`` twin, which assumes valid
-arguments; the fused backends (``fitnets_fast.cpu``, ``fitnets_fast.kernels``) implement the same ``*_impl``
+arguments; the fused backends (``fitnets_fast.cpp``, ``fitnets_fast.kernels``) implement the same ``*_impl``
 signatures and are tested against these functions in float64.
 
 Conventions shared by all ops:

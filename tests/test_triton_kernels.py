@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fitnets_fast import _backend, ops, reference
-from kernel_check import check_against_reference, offset_logits
+from fitnets_fast.testing import check_against_reference, offset_logits
 
 kernels = _backend.module("triton")
 if kernels is None:  # pragma: no cover - triton is a CI dependency

@@ -1,6 +1,6 @@
-"""The "cpp" backend (fused C++ CPU kernels in fitnets_fast.cpu) against the float64 reference.
+"""The "cpp" backend (fused C++ CPU kernels in fitnets_fast.cpp) against the float64 reference.
 
-Every check goes through the public ops with ``backend="cpp"`` and ``tests/kernel_check.py``'s rule
+Every check goes through the public ops with ``backend="cpp"`` and ``fitnets_fast.testing``'s rule
 (forward and every gradient, outputs poisoned), in float64 and float32, and for the maxout ops in bfloat16
 (the dtype they get under ``torch.autocast("cpu")``).
 """
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fitnets_fast import _backend, ops, reference
-from kernel_check import EPS_MARGIN, check_against_reference, offset_logits
+from fitnets_fast.testing import EPS_MARGIN, check_against_reference, offset_logits
 
 pytestmark = pytest.mark.skipif(_backend.module("cpp") is None,
                                 reason=f"C++ kernels not built: {_backend.unavailable_reason('cpp')}")

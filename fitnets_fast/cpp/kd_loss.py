@@ -73,7 +73,7 @@ def _kd_loss_teacher_grad_fake(student_logits, teacher_logits, stats, temperatur
     return _alloc.empty(student_logits.shape, dtype=student_logits.dtype, device=student_logits.device)
 
 
-kd_loss_teacher_grad = _common.fused_op("fitnets_fast_cpu::kd_loss_teacher_grad", _kd_loss_teacher_grad,
+kd_loss_teacher_grad = _common.fused_op("fitnets_fast_cpp::kd_loss_teacher_grad", _kd_loss_teacher_grad,
                                         _kd_loss_teacher_grad_fake)
 
 
@@ -105,7 +105,7 @@ def _scaled(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return grad * scale
 
 
-kd_loss_fused = _common.fused_op("fitnets_fast_cpu::kd_loss", _kd_loss, _kd_loss_fake, _setup_context, _backward)
+kd_loss_fused = _common.fused_op("fitnets_fast_cpp::kd_loss", _kd_loss, _kd_loss_fake, _setup_context, _backward)
 
 
 def kd_loss_impl(student_logits, teacher_logits, target, temperature=3.0, lam=4.0, student_temperature=None,

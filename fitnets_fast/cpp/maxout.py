@@ -7,7 +7,7 @@ input and weight), never the k-wide pre-activation; the backward scatters the gr
 reduces the bias gradient in one pass, then PyTorch's conv/matmul backward continues.
 
 A pooled ``maxout_conv2d`` (``pool=(size, stride)``) takes maxout and max-pooling in one kernel
-(``fitnets_fast.cpu.maxout_pool``).
+(``fitnets_fast.cpp.maxout_pool``).
 
 ``maxout_conv2d`` runs its convolution in channels-last memory (an NCHW input is converted; the output is
 channels-last too, so a stack of layers converts once): oneDNN's channels-last convolutions are up to 3x
@@ -76,7 +76,7 @@ def _maxout_bias_backward_fake(grad_out, piece, scale, pieces, channels_last, bi
     return _backward_outputs(grad_out, pieces, channels_last, bias_grad)
 
 
-maxout_bias_backward = _common.fused_op("fitnets_fast_cpu::maxout_bias_backward", _maxout_bias_backward,
+maxout_bias_backward = _common.fused_op("fitnets_fast_cpp::maxout_bias_backward", _maxout_bias_backward,
                                         _maxout_bias_backward_fake)
 
 
@@ -103,7 +103,7 @@ def _backward(ctx, grad_out, _grad_piece):
     return grad_in, (grad_bias if bias_grad else None), None
 
 
-maxout_bias = _common.fused_op("fitnets_fast_cpu::maxout_bias", _maxout_bias, _maxout_bias_fake, _setup_context,
+maxout_bias = _common.fused_op("fitnets_fast_cpp::maxout_bias", _maxout_bias, _maxout_bias_fake, _setup_context,
                                _backward)
 
 

@@ -1,6 +1,7 @@
-"""Shared harness for kernel-vs-reference tests (used by the cpp and triton backend tests).
+"""Kernel-vs-reference checks: the harness of this project's kernel tests and of ``benchmarks/gpu_check.py``,
+usable for any function that claims to compute what a plain-PyTorch reference does.
 
-The rule (DEVELOPERS.md): a kernel's error against the float64 reference must be no worse than the
+The rule: a kernel's error against the float64 reference must be no worse than the
 reference's own error in the same dtype, plus a small tolerance. ``check_against_reference`` runs
 
 * the reference in float64 (the truth),

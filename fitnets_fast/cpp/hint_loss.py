@@ -4,7 +4,7 @@ The epilogue kernel reads the k-wide regressor output once and does bias + maxou
 sum of squares, saving ``r - hint`` and a one-byte winning-piece index (both one output wide). The
 backward expands ``(r - hint) * grad / N`` to the winning pieces and reduces the bias gradient in one pass
 (``maxout_bias_backward``), then PyTorch's conv backward gives the guided-layer and weight gradients.
-Like ``maxout_conv2d``, the convolution runs channels-last (see ``fitnets_fast.cpu.maxout``).
+Like ``maxout_conv2d``, the convolution runs channels-last (see ``fitnets_fast.cpp.maxout``).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _backward(ctx, grad_loss, _grad_diff, _grad_piece):
     return grad_pre, grad_hint, (grad_bias if bias_grad else None), None
 
 
-hint_epilogue = _common.fused_op("fitnets_fast_cpu::hint_epilogue", _hint_epilogue, _hint_epilogue_fake, _setup_context,
+hint_epilogue = _common.fused_op("fitnets_fast_cpp::hint_epilogue", _hint_epilogue, _hint_epilogue_fake, _setup_context,
                                  _backward)
 
 

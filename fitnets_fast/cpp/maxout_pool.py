@@ -81,7 +81,7 @@ def _backward_outputs(grad_out: torch.Tensor, pieces: int, height: int, width: i
     return grad_pre, grad_bias
 
 
-maxout_pool_bias_backward = _common.fused_op("fitnets_fast_cpu::maxout_pool_bias_backward",
+maxout_pool_bias_backward = _common.fused_op("fitnets_fast_cpp::maxout_pool_bias_backward",
                                              _maxout_pool_bias_backward, _maxout_pool_bias_backward_fake)
 
 
@@ -100,5 +100,5 @@ def _backward(ctx, grad_out, _grad_index):
     return grad_pre, (grad_bias if bias_grad else None), None, None, None
 
 
-maxout_pool_bias = _common.fused_op("fitnets_fast_cpu::maxout_pool_bias", _maxout_pool_bias, _maxout_pool_bias_fake,
+maxout_pool_bias = _common.fused_op("fitnets_fast_cpp::maxout_pool_bias", _maxout_pool_bias, _maxout_pool_bias_fake,
                                     _setup_context, _backward)

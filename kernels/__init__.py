@@ -5,7 +5,14 @@ Each op lives in its own module with its kernel, host wrapper and autograd (``to
 ``<op>_impl`` functions with the signatures of ``fitnets_fast.reference`` (plus a keyword-only ``config`` to
 force a tiling). Importing this package raises ImportError without triton; ``fitnets_fast._backend``
 records that and falls back to the reference.
+
+The source folder is the repository's top-level ``kernels/``, installed as ``fitnets_fast.kernels`` (a
+``package_dir`` mapping). Imported under any other name (``import kernels`` from the repository root) it
+refuses, so the ops are never registered twice.
 """
+if __name__ != "fitnets_fast.kernels":
+    raise ImportError(f"the Triton kernels are the package fitnets_fast.kernels; import that, not {__name__!r}")
+
 from .hint_loss import hint_loss_impl
 from .kd_loss import kd_loss_impl
 from .maxout import maxout_impl
