@@ -4,7 +4,8 @@
 * ``fitnets_fast.reference``: the plain-PyTorch spec of every op.
 * ``fitnets_fast.nn``: module wrappers; ``fitnets_fast.models``: every network of the paper.
 * ``fitnets_fast.data``: offline loaders, the paper's preprocessing, device-side augmentation.
-* ``fitnets_fast.train(...)``: the FitNets trainer (teacher, hints, KD, baselines).
+* ``fitnets_fast.train(...)``: a preset run (teacher, hints, KD, baselines).
+* ``fitnets_fast.distill(teacher, student, train, ...)``: FitNets and its baselines for networks of your own.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ._backend import use_backend
 from ._info import info
 
 __version__ = "0.1.0"
-__all__ = ["info", "train", "use_backend", "__version__"]
+__all__ = ["info", "train", "distill", "use_backend", "__version__"]
 
 
 def train(*args, **kwargs):
@@ -20,3 +21,10 @@ def train(*args, **kwargs):
     from .trainer import train as _train
 
     return _train(*args, **kwargs)
+
+
+def distill(*args, **kwargs):
+    """Distil a teacher into a student of your own; see ``fitnets_fast.distillation.distill`` for the arguments."""
+    from .distillation import distill as _distill
+
+    return _distill(*args, **kwargs)

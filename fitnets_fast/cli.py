@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", default=None, help="folder of the downloaded data sets (not needed for digits)")
     t.add_argument("--out", default=None, help="run folder (default runs/<preset>-<UTC time>)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting (JSON value), e.g. --set lr=0.001 --set students='[\"kd\"]'")
+                   help="override a setting (JSON value), e.g. --set lr=0.001 --set methods='[\"kd\"]'")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)

@@ -11,11 +11,9 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
-__all__ = ["Config", "PRESETS", "STUDENT_METHODS", "preset_names", "make_config", "parse_overrides"]
-
-STUDENT_METHODS = ("backprop", "kd", "fitnets", "fitnet_onestage")
+__all__ = ["Config", "PRESETS", "preset_names", "make_config", "parse_overrides"]
 
 
 @dataclass
@@ -40,13 +38,15 @@ class Config:
     teacher_options: Dict[str, Any] = field(default_factory=dict)
     student: str = "fitnet_digits"
     student_options: Dict[str, Any] = field(default_factory=dict)
-    hint_layer: Optional[int] = None         # 0-based teacher layer; None: the model's default
-    guided_layer: Optional[int] = None       # 0-based student layer; None: the model's default
-    students: List[str] = field(default_factory=lambda: ["backprop", "kd", "fitnets"])
+    hint_layer: Optional[Union[int, str]] = None    # teacher module path (named_modules) or MaxoutNet layer
+    guided_layer: Optional[Union[int, str]] = None  # index; None: the model's default (same for the student)
+    regressor: str = "paper"                 # stage-1 regressor: "paper" or "conv_bn_relu" (fitnets_fast.regressors)
+    methods: List[str] = field(default_factory=lambda: ["backprop", "kd", "fitnets"])   # rows: methods.ROWS
     # teacher recipe (Goodfellow et al. maxout: SGD + momentum)
     teacher_checkpoint: Optional[str] = None  # load this trained teacher instead of training one
     teacher_lr: float = 0.17
-    teacher_lr_schedule: str = "linear"       # "linear" (LinearDecayOverEpoch), "exponential" (per update), "constant"
+    teacher_lr_schedule: str = "linear"       # "linear" (LinearDecayOverEpoch), "exponential" (per update),
+    #                                           "constant" or "multistep" (lr_milestones, lr_decay)
     teacher_lr_start: int = 1
     teacher_lr_saturate: int = 500
     teacher_lr_decay_factor: float = 0.01     # linear: final lr = lr*factor; exponential: lr /= factor per update
@@ -55,10 +55,18 @@ class Config:
     teacher_momentum_final: float = 0.65
     teacher_momentum_start: int = 1
     teacher_momentum_saturate: int = 250
+    teacher_optimizer: str = "momentum"       # "momentum" (pylearn2) or "sgd" (torch.optim.SGD)
+    teacher_weight_decay: float = 0.0         # "sgd" only
     teacher_max_epochs: int = 474
     teacher_patience: Optional[int] = None    # None: no early stopping (the CIFAR teacher runs 474 epochs)
-    # student recipe (RMSProp, both stages)
+    # student recipe (both stages): RMSProp (the paper) or SGD with momentum (the CIFAR ResNet recipe)
+    student_optimizer: str = "rmsprop"        # "rmsprop" or "sgd" (torch.optim.SGD)
     lr: float = 0.005
+    student_lr_schedule: str = "constant"     # "constant" or "multistep" (lr_milestones, lr_decay)
+    lr_milestones: List[int] = field(default_factory=list)   # multistep: lr *= lr_decay after each of these
+    lr_decay: float = 0.1
+    momentum: float = 0.9                     # "sgd" only
+    weight_decay: float = 0.0                 # "sgd" only
     rms_decay: float = 0.9
     rms_floor: float = 1e-5
     hint_max_epochs: int = 500
@@ -108,16 +116,28 @@ class Config:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.student_temperature is not None and not self.student_temperature > 0:
             raise ValueError(f"student_temperature must be None or > 0, got {self.student_temperature!r}")
-        if self.teacher_lr_schedule not in ("linear", "exponential", "constant"):
-            raise ValueError("teacher_lr_schedule must be 'linear', 'exponential' or 'constant', "
-                             f"got {self.teacher_lr_schedule!r}")
+        from .methods import ROWS   # the registry of rows (imports this module)
+
+        for name, allowed in (("teacher_lr_schedule", ("linear", "exponential", "constant", "multistep")),
+                              ("student_lr_schedule", ("constant", "multistep")),
+                              ("teacher_optimizer", ("momentum", "sgd")), ("student_optimizer", ("rmsprop", "sgd")),
+                              ("regressor", ("paper", "conv_bn_relu"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "teacher_weight_decay", "lr_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones must be epochs >= 1, got {self.lr_milestones!r}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.augment not in (None, "window_and_flip"):
             raise ValueError(f"augment must be None or 'window_and_flip', got {self.augment!r}")
-        bad = [s for s in self.students if s not in STUDENT_METHODS]
-        if bad or len(set(self.students)) != len(self.students):
-            raise ValueError(f"students must be distinct names from {STUDENT_METHODS}, got {self.students!r}")
+        bad = [s for s in self.methods if s not in ROWS]
+        if bad or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be distinct names from {tuple(ROWS)}, got {self.methods!r}")
         if self.lambda_saturate < self.lambda_start:
             raise ValueError("lambda_saturate must be >= lambda_start")
         if not 0.0 <= self.rms_decay < 1.0:
@@ -258,7 +278,8 @@ def _coerce(name: str, value: Any) -> Any:
         if optional:
             return None
         raise ValueError(f"{name} must not be None")
-    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
+    rest = tuple(a for a in typing.get_args(hint) if a is not type(None))
+    base = (rest[0] if len(rest) == 1 else typing.Union[rest]) if optional else hint
     origin = typing.get_origin(base) or base
     if origin is bool:
         ok = isinstance(value, bool)
@@ -267,6 +288,8 @@ def _coerce(name: str, value: Any) -> Any:
     elif origin is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif origin is typing.Union:   # int or str (a layer index or a module path)
+        ok = isinstance(value, typing.get_args(base)) and not isinstance(value, bool)
     elif origin in (dict, list):
         ok = isinstance(value, origin) or (origin is list and isinstance(value, tuple))
         value = list(value) if ok and origin is list else value

@@ -5,7 +5,7 @@ so during epoch 1 the counter is 1 (see ../shared/reference/fitnets-paper.md, se
 """
 from __future__ import annotations
 
-__all__ = ["linear_decay", "linear_ramp", "exponential_decay"]
+__all__ = ["linear_decay", "linear_ramp", "exponential_decay", "step_decay"]
 
 
 def _check_epoch(epoch: int) -> int:
@@ -49,3 +49,10 @@ def exponential_decay(updates_done: int, initial: float, factor: float, minimum:
     if factor < 1.0:
         raise ValueError(f"factor must be >= 1, got {factor}")
     return max(float(initial) / float(factor) ** updates_done, float(minimum))
+
+
+def step_decay(epoch: int, initial: float, milestones, decay: float) -> float:
+    """Step decay (RepDistiller's ``adjust_learning_rate``): ``initial * decay ** k`` with ``k`` the number of
+    milestones strictly before ``epoch`` (so milestone 150 lowers the rate from epoch 151 on)."""
+    _check_epoch(epoch)
+    return float(initial) * float(decay) ** sum(epoch > m for m in milestones)

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fitnets_fast import distributed, models, trainer
+from fitnets_fast import distributed, methods, models, trainer
 from fitnets_fast.distributed import DistributedFailure, World
 from fitnets_fast.run_files import RunDir, load_model_file, save_model
 
@@ -27,7 +27,7 @@ B = 32   # the global batch
 TINY = dict(dataset="synthetic", preprocessing="none", device="cpu", batch_size=B,
             dataset_options={"n_train": 256, "n_test": 64, "num_classes": 4, "image_shape": [1, 8, 8], "noise": 20.0},
             hint_max_epochs=2, max_epochs=3, lambda_start=1, lambda_saturate=4, lambda_final=2.0,
-            speed_repeats=1, speed_batch_size=32, num_threads=1, students=["fitnets"])
+            speed_repeats=1, speed_batch_size=32, num_threads=1, methods=["fitnets"])
 # Float tolerance: two processes sum in another order than one, and RMSProp's per-parameter normalisation
 # amplifies the float32 rounding of small gradients (measured after 50 steps: at most 1.2e-5 on weights of
 # size ~0.2); a missing gradient average or a wrong shard moves weights by ~lr = 5e-3 per step.
@@ -58,14 +58,14 @@ def _teacher_file(path: Path) -> str:
     return str(path)
 
 
-def _recording_loss(log: list):
-    """Patch ``_Trainer._loss`` to append each training batch's example ids to ``log``."""
-    real = trainer._Trainer._loss
-
-    def loss(self, s, xb, ids):
-        log.append(ids.tolist())
-        return real(self, s, xb, ids)
-    return loss
+def _record_batches(log: list, patch=setattr) -> None:
+    """Make the methods of the fitnets row (``Hints``, ``KD``) append each training batch's example ids to
+    ``log`` (``patch``: ``setattr`` or a pytest ``monkeypatch.setattr``)."""
+    for cls in (methods.Hints, methods.KD):
+        def loss(self, xb, yb, ids, _real=cls.loss):
+            log.append(ids.tolist())
+            return _real(self, xb, yb, ids)
+        patch(cls, "loss", loss)
 
 
 # -- helpers of World, no processes --------------------------------------------------------------------------
@@ -151,15 +151,15 @@ def _spawned_run(rank: int, port: int, out_dir: str, teacher: str, log_dir: str)
     the ids of every batch and the DDP wrappers still alive when each stage starts."""
     os.environ.update(_launch_env(rank, 2, port))
     log: list = []
-    trainer._Trainer._loss = _recording_loss(log)
+    _record_batches(log)
     live = []
-    real_stage = trainer._Trainer._stage
+    real_init = methods.Method.__init__
 
-    def stage(self, row, name):
+    def init(self, *args, **kwargs):
         live.append(sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects()))
-        return real_stage(self, row, name)
+        real_init(self, *args, **kwargs)
 
-    trainer._Trainer._stage = stage
+    methods.Method.__init__ = init
 
     def stop(rec):
         if (rec["stage"], rec["epoch"]) == ("kd", 1):
@@ -190,7 +190,7 @@ def test_two_processes_match_one_and_resume_as_one(tmp_path, monkeypatch):
     teacher = _teacher_file(tmp_path / "teacher.pt")
     # One process, uninterrupted, keeping the student after each epoch and the ids of every batch.
     single_log: list = []
-    monkeypatch.setattr(trainer._Trainer, "_loss", _recording_loss(single_log))
+    _record_batches(single_log, monkeypatch.setattr)
     snapshots = {}
     full_dir = tmp_path / "one"
 
@@ -254,7 +254,7 @@ def test_torchrun_command_line_and_batch_size_error(tmp_path):
     """``torchrun -m fitnets_fast train`` trains the teacher and a student with two processes; the console
     script under torchrun reports a batch size that the processes do not divide."""
     out = tmp_path / "run"
-    proc = _torchrun(["-m", "fitnets_fast"] + _cli_args(out, channels_last=True, students=["backprop"],
+    proc = _torchrun(["-m", "fitnets_fast"] + _cli_args(out, channels_last=True, methods=["backprop"],
                                                         teacher_max_epochs=2, max_epochs=2))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()                                   # rank 0 alone prints the table
@@ -280,7 +280,7 @@ def test_a_lost_process_makes_the_other_exit_with_a_message(tmp_path, sig):
     teacher = _teacher_file(tmp_path / "teacher.pt")
     out = tmp_path / "run"
     timeout = 5
-    args = _cli_args(out, teacher_checkpoint=teacher, students=["backprop"], max_epochs=10000, patience=None,
+    args = _cli_args(out, teacher_checkpoint=teacher, methods=["backprop"], max_epochs=10000, patience=None,
                      dist_timeout=timeout)
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "fitnets_fast"] + args, env=_launch_env(r, 2, port),
@@ -329,15 +329,13 @@ def test_amp_autocasts_and_fp16_resumes_exactly(tmp_path, monkeypatch):
     teacher = _teacher_file(tmp_path / "teacher.pt")
     settings = dict(TINY, teacher_checkpoint=teacher, quiet=True)
     dtypes = set()
-    real = trainer._Trainer._loss
-
-    def loss(self, s, xb, ids):
-        out = real(self, s, xb, ids)
-        dtypes.add((s.stage, out[1].dtype if out[1] is not None else None, torch.get_autocast_dtype("cpu")
-                    if torch.is_autocast_enabled("cpu") else None))
-        return out
-
-    monkeypatch.setattr(trainer._Trainer, "_loss", loss)
+    for cls in (methods.Hints, methods.KD):
+        def loss(self, xb, yb, ids, _real=cls.loss):
+            logits, losses = _real(self, xb, yb, ids)
+            dtypes.add((self.stage, logits.dtype if logits is not None else None,
+                        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+            return logits, losses
+        monkeypatch.setattr(cls, "loss", loss)
     trainer.train("digits", out_dir=str(tmp_path / "bf16"), amp="bf16", **settings)
     assert dtypes == {("hints", None, torch.bfloat16), ("kd", torch.bfloat16, torch.bfloat16)}
     monkeypatch.undo()
@@ -365,7 +363,7 @@ def test_compile_wraps_the_student_of_the_ce_and_kd_stages(tmp_path, monkeypatch
     eagerly); traced with dynamo's "eager" backend here (inductor's C++ build would take ~30 s on CI), the
     metrics equal the uncompiled run's."""
     teacher = _teacher_file(tmp_path / "teacher.pt")
-    settings = dict(TINY, teacher_checkpoint=teacher, quiet=True, students=["backprop", "fitnets"], max_epochs=2)
+    settings = dict(TINY, teacher_checkpoint=teacher, quiet=True, methods=["backprop", "fitnets"], max_epochs=2)
     compiled = []
     real = torch.nn.Module.compile
 

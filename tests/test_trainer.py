@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from fitnets_fast import models, nn, optim, trainer
+from fitnets_fast import features, methods, models, nn, optim, trainer
+from fitnets_fast.loop import derive_seed
 from fitnets_fast.run_files import CheckpointError, RunDir, load_model_file
 from fitnets_fast.schedules import linear_decay
 
@@ -20,7 +21,7 @@ def _tiny(tmp_path, name, **kw):
 
 
 def _initial_student(num_classes=4):
-    torch.manual_seed(trainer._seed(0, "student"))
+    torch.manual_seed(derive_seed(0, "student"))
     return models.build("fitnet_digits", num_classes)
 
 
@@ -43,13 +44,17 @@ def test_tiny_run_goes_through_every_stage(tmp_path, monkeypatch):
 
     # The teacher runs only up to its hint layer (or fully, for KD); the student up to its guided layer.
     depth_calls = set()
-    real_forward_to = models.MaxoutNet.forward_to
+    real_forward_to = features.forward_to
 
-    def recording_forward_to(self, x, index):
-        depth_calls.add((len(self.layers), index % len(self.layers)))
-        return real_forward_to(self, x, index)
+    def recording_forward_to(model, path, x):
+        depth_calls.add((len(model.layers), int(path.split(".")[1])))
+        return real_forward_to(model, path, x)
 
-    monkeypatch.setattr(models.MaxoutNet, "forward_to", recording_forward_to)
+    monkeypatch.setattr(features, "forward_to", recording_forward_to)
+    full_calls = set()
+    real_forward = models.MaxoutNet.forward
+    monkeypatch.setattr(models.MaxoutNet, "forward",
+                        lambda self, x: full_calls.add(len(self.layers)) or real_forward(self, x))
 
     run_dir = tmp_path / "all"
     run = RunDir(run_dir)
@@ -73,9 +78,9 @@ def test_tiny_run_goes_through_every_stage(tmp_path, monkeypatch):
             assert ck["regressor"] is not None
 
     summary = trainer.train("digits", out_dir=str(run_dir), callback=callback,
-                            students=["backprop", "kd", "fitnets", "fitnet_onestage"], **TINY)
+                            methods=["backprop", "kd", "fitnets", "fitnet_onestage"], **TINY)
     assert counts["steps"] > 0 and counts["projections"] == counts["steps"]
-    assert depth_calls == {(n_t, h), (n_t, n_t - 1), (n_s, g), (n_s, n_s - 1)}
+    assert depth_calls == {(n_t, h), (n_s, g)} and full_calls == {n_t, n_s}
     assert [s[:2] for s in seen if s[2] == 1] == [("teacher", "teacher"), ("backprop", "ce"), ("kd", "kd"),
                                                   ("fitnets", "hints"), ("fitnets", "kd"),
                                                   ("fitnet_onestage", "onestage")]
@@ -112,10 +117,10 @@ class _Kill(BaseException):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_resume_after_interruptions_matches_uninterrupted_run(tmp_path, monkeypatch, channels_last):
-    settings = dict(students=["fitnets"], channels_last=channels_last)
+    settings = dict(methods=["fitnets"], channels_last=channels_last)
     built = []
-    real_build = trainer._Trainer._build
-    monkeypatch.setattr(trainer._Trainer, "_build", lambda self, *a: built.append(real_build(self, *a)) or built[-1])
+    real_build = models.build
+    monkeypatch.setattr(models, "build", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     full = _tiny(tmp_path, "full", **settings)
     kills = iter([("teacher", "teacher", 1), ("fitnets", "kd", 1)])
     target = [next(kills)]
@@ -153,14 +158,14 @@ def test_resume_after_interruptions_matches_uninterrupted_run(tmp_path, monkeypa
 
 
 def test_resume_errors_and_teacher_checkpoint(tmp_path):
-    first = _tiny(tmp_path, "t", students=[])
+    first = _tiny(tmp_path, "t", methods=[])
     teacher_file = first["files"]["models"]["teacher"]
     # A trained teacher loads instead of training; it is evaluated, not changed.
-    again = _tiny(tmp_path, "t2", students=[], teacher_checkpoint=teacher_file)
+    again = _tiny(tmp_path, "t2", methods=[], teacher_checkpoint=teacher_file)
     assert again["rows"][0]["test_acc_best"] == first["rows"][0]["test_acc_best"]
     assert again["rows"][0]["epochs"] == 0
     with pytest.raises(ValueError, match="already holds a run"):
-        _tiny(tmp_path, "t", students=[])
+        _tiny(tmp_path, "t", methods=[])
     run = RunDir(tmp_path / "t")
     run.last_path.write_bytes(run.last_path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt"):
@@ -174,20 +179,20 @@ def test_resume_errors_and_teacher_checkpoint(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(trainer.TrainingDiverged, match="teacher/teacher: the training loss is nan"):
-        _tiny(tmp_path, "nan", students=[], teacher_lr=1e38)
+        _tiny(tmp_path, "nan", methods=[], teacher_lr=1e38)
 
 
 def test_no_validation_split_and_kd_options(tmp_path, monkeypatch):
     made = []
 
-    class RecordingKD(trainer.KDLoss):
+    class RecordingKD(methods.KDLoss):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append((self.temperature, self.student_temperature, self.soft_scale))
 
-    monkeypatch.setattr(trainer, "KDLoss", RecordingKD)
+    monkeypatch.setattr(methods, "KDLoss", RecordingKD)
     # Retraining on all data (the paper's final runs): no validation, so the kept epoch is the last one.
-    summary = _tiny(tmp_path, "noval", students=["fitnets"], validation=False, student_temperature=1.0,
+    summary = _tiny(tmp_path, "noval", methods=["fitnets"], validation=False, student_temperature=1.0,
                     tau_squared=True, pretrained_lr_scale=0.5, teacher_patience=1, patience=1)
     for r in summary["rows"]:
         assert r["best_epoch"] == r["epochs"] and r["test_acc_best"] == r["test_acc_last"]

@@ -144,12 +144,12 @@ def test_presets_resolve_and_round_trip_through_json():
         assert cfg.preset == name and cfg.choices, name
         again = C.Config.from_dict(json.loads(cfg.to_json()))
         assert again == cfg
-    assert C.make_config("digits").students == ["backprop", "kd", "fitnets"]
+    assert C.make_config("digits").methods == ["backprop", "kd", "fitnets"]
 
 
 def test_overrides_are_type_checked():
-    assert C.parse_overrides(["lr=0.01", "students=[\"kd\"]", "patience=none", "dataset=mnist"]) == {
-        "lr": 0.01, "students": ["kd"], "patience": None, "dataset": "mnist"}
+    assert C.parse_overrides(["lr=0.01", "methods=[\"kd\"]", "patience=none", "dataset=mnist"]) == {
+        "lr": 0.01, "methods": ["kd"], "patience": None, "dataset": "mnist"}
     cfg = C.make_config("digits", lr=1, student_temperature=1)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
     with pytest.raises(ValueError, match="unknown setting"):
@@ -158,8 +158,8 @@ def test_overrides_are_type_checked():
         C.make_config("digits", max_epochs="ten")
     with pytest.raises(ValueError, match="max_epochs must be >= 1"):
         C.make_config("digits", max_epochs=0)
-    with pytest.raises(ValueError, match="students"):
-        C.make_config("digits", students=["kd", "distill"])
+    with pytest.raises(ValueError, match="methods"):
+        C.make_config("digits", methods=["kd", "distill"])
     with pytest.raises(ValueError, match="preset"):
         C.make_config("imagenet")
     with pytest.raises(ValueError, match="key=value"):
