@@ -1,6 +1,7 @@
 """fitnets_fast: FitNets (Romero et al., ICLR 2015) with fused Triton (GPU) and C++ (CPU) kernels.
 
-* ``fitnets_fast.ops``: fused ops (maxout, maxout conv/linear, hint loss, KD loss), dispatched by backend.
+* ``fitnets_fast.ops``: fused ops (maxout, maxout conv/linear, hint loss, KD loss), dispatched by backend
+  (``ops.backend_used`` tells which runs a call; ``set_checks(True)`` turns on debug checks of the inputs).
 * ``fitnets_fast.reference``: the plain-PyTorch spec of every op.
 * ``fitnets_fast.nn``: module wrappers; ``fitnets_fast.models``: every network of the paper.
 * ``fitnets_fast.data``: offline loaders, the paper's preprocessing, device-side augmentation.
@@ -9,11 +10,13 @@
 """
 from __future__ import annotations
 
+from . import _alloc  # noqa: F401  (reads FITNETS_FAST_BUFFER_POOL_MB: a malformed value fails here, loudly)
 from ._backend import use_backend
+from ._checks import set_checks
 from ._info import info
 
 __version__ = "0.1.0"
-__all__ = ["info", "train", "distill", "use_backend", "__version__"]
+__all__ = ["info", "set_checks", "train", "distill", "use_backend", "__version__"]
 
 
 def train(*args, **kwargs):

@@ -71,11 +71,13 @@ class _StoragePool:
 
 
 def _pool_limit_bytes() -> int:
-    megabytes = os.environ.get("FITNETS_FAST_BUFFER_POOL_MB", "2048")
-    try:
-        return max(0, int(megabytes)) << 20
-    except ValueError:
-        raise ValueError(f"FITNETS_FAST_BUFFER_POOL_MB must be an integer (MiB), got {megabytes!r}") from None
+    """``FITNETS_FAST_BUFFER_POOL_MB`` in bytes: a whole non-negative number of MiB (default 2048); anything
+    else (``1.5``, ``abc``, ``-1``) is a ValueError, raised when ``fitnets_fast`` is imported."""
+    megabytes = os.environ.get("FITNETS_FAST_BUFFER_POOL_MB", "2048").strip()
+    if not megabytes.isascii() or not megabytes.isdigit():
+        raise ValueError(f"FITNETS_FAST_BUFFER_POOL_MB must be a whole non-negative number of MiB such as 2048 "
+                         f"(0 turns buffer reuse off), got {megabytes!r}")
+    return int(megabytes) << 20
 
 
 # Reuse needs PyTorch's storage use count (a private binding): without it, every output is a new tensor.

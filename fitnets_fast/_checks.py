@@ -1,16 +1,67 @@
-"""Argument validation shared by the reference ops, the public ops and the nn wrappers.
+"""Argument validation shared by the reference ops, the public ops and the nn wrappers, and the debug checks.
 
 Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape, range or
-value) with a message that names the argument and says what was expected. Checks that would need a device
-synchronisation (label range) are skipped while ``torch.compile`` traces, so compiled graphs stay whole.
+value) with a message that names the argument and says what was expected. Checks read only shapes, dtypes
+and Python numbers, never tensor values, except:
+
+* the KD label range (the labels' min and max), which runs on CPU tensors (where it is cheap) and, on other
+  devices, where it would make the host wait for the device every call, only under the debug checks
+  (``fitnets_fast.trainer`` checks each data set's labels once instead);
+* the debug checks (``set_checks(True)``, or ``FITNETS_FAST_CHECKS=1`` in the environment; off by default),
+  which also count the NaN/inf values of every floating input of the public ops and name the input.
+
+Value checks are skipped while ``torch.compile`` traces, so compiled graphs stay whole.
 """
 from __future__ import annotations
 
+import math
+import os
 from typing import Optional
 
 import torch
 
 REDUCTIONS = ("mean", "sum", "none")
+_CHECKS_ENV = "FITNETS_FAST_CHECKS"
+
+
+def _checks_from_env() -> bool:
+    value = os.environ.get(_CHECKS_ENV, "0").strip()
+    if value not in ("0", "1", ""):
+        raise ValueError(f"{_CHECKS_ENV} must be 1 (debug checks on) or 0 (off, the default), got {value!r}")
+    return value == "1"
+
+
+# A plain global, read once at import (torch.compile traces it as a constant).
+_debug = {"on": _checks_from_env()}
+
+
+def set_checks(enabled: bool) -> None:
+    """Turn the ops' debug checks on or off (default: off, or on with ``FITNETS_FAST_CHECKS=1``).
+
+    When on, every public op first counts the NaN/inf values of each floating input and raises ValueError
+    naming it (e.g. "kd_loss: teacher_logits has 3 NaN/inf values"), and ``kd_loss`` checks the label
+    range on every device. Each costs a pass over the input and a device-to-host synchronisation: for
+    debugging, not for training speed.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_checks takes True or False, got {enabled!r}")
+    _debug["on"] = enabled
+
+
+def checks_enabled() -> bool:
+    """Whether the debug checks are on (see ``set_checks``)."""
+    return _debug["on"]
+
+
+def all_finite(op: str, **tensors: Optional[torch.Tensor]) -> None:
+    """Under the debug checks (outside ``torch.compile``): ValueError naming the first input with NaN/inf."""
+    if not _debug["on"] or torch.compiler.is_compiling():
+        return
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ValueError(f"{op}: {name} has {bad} NaN/inf values")
 
 
 def tensor(name: str, value, *, floating: bool = True) -> torch.Tensor:
@@ -47,6 +98,17 @@ def _all_equal(attribute: str, error: type, tensors: dict) -> None:
         raise error(f"all tensors must share one {attribute}, got {listing}")
 
 
+def first_order_only(op: str, backend: str) -> None:
+    """Called first in a fused backward: grad mode is on there only for ``backward(create_graph=True)``,
+    whose second-order terms the fused backwards (written with saved, non-differentiable buffers) would
+    silently get wrong, so refuse it, naming the op and what to do."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{op}: the {backend} backend has no second-order gradients (backward with create_graph=True); "
+            f'run it with backend="reference" (or inside fitnets_fast.use_backend("reference")) for double backward'
+        )
+
+
 def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -54,8 +116,14 @@ def positive_int(name: str, value) -> int:
 
 
 def positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def nonnegative_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
     return float(value)
 
 
@@ -111,7 +179,26 @@ def maxout_linear_args(x, weight, bias, pieces) -> None:
                        "features")
 
 
-def hint_loss_args(guided, hint, weight, bias, pieces, padding) -> None:
+HINT_ACTIVATIONS = ("maxout", "relu", "none")
+
+
+def hint_activation(activation, pieces) -> int:
+    """Check ``hint_loss``'s ``activation`` and ``pieces``; return the pieces the regressor's weight has
+    (``pieces`` for "maxout", where it is required; 1 for "relu" and "none", which take None or 1)."""
+    if activation not in HINT_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {HINT_ACTIVATIONS}, got {activation!r}")
+    if activation == "maxout":
+        if pieces is None:
+            raise ValueError('activation="maxout" needs pieces (a positive int: the teacher hint layer\'s pieces)')
+        return positive_int("pieces", pieces)
+    if pieces is not None and pieces != 1:
+        raise ValueError(f"activation={activation!r} takes pieces=None or 1 (pieces are for maxout), got {pieces!r}")
+    return 1
+
+
+def hint_loss_args(guided, hint, weight, bias, pieces, padding, activation="maxout") -> int:
+    """Check ``hint_loss``'s arguments; return the regressor's pieces (see ``hint_activation``)."""
+    pieces = hint_activation(activation, pieces)
     maxout_conv2d_args(guided, weight, bias, pieces, 1, padding)
     tensor("hint", hint)
     rank("hint", hint, 4, "N x C_hint x H_hint x W_hint")
@@ -119,6 +206,8 @@ def hint_loss_args(guided, hint, weight, bias, pieces, padding) -> None:
     same_dtype(guided=guided, hint=hint)
     if hint.shape[0] != guided.shape[0]:
         raise ValueError(f"batch size mismatch: guided has {guided.shape[0]} rows, hint has {hint.shape[0]}")
+    if guided.shape[0] == 0:
+        raise ValueError("hint_loss got an empty batch (guided has 0 rows); the loss is a mean over the batch")
     k_h, k_w = weight.shape[2:]
     out_h = guided.shape[2] + 2 * padding - k_h + 1
     out_w = guided.shape[3] + 2 * padding - k_w + 1
@@ -128,6 +217,7 @@ def hint_loss_args(guided, hint, weight, bias, pieces, padding) -> None:
             f"the regressor maps guided {tuple(guided.shape[1:])} to {expected} (C x H x W), "
             f"but hint has {tuple(hint.shape[1:])}"
         )
+    return pieces
 
 
 def kd_loss_args(student_logits, teacher_logits, target, temperature, lam, student_temperature,
@@ -151,23 +241,26 @@ def kd_loss_args(student_logits, teacher_logits, target, temperature, lam, stude
         raise ValueError(
             f"batch size mismatch: student_logits has {student_logits.shape[0]} rows, target has {target.shape[0]}"
         )
+    if target.shape[0] == 0:
+        raise ValueError("kd_loss got an empty batch (student_logits has 0 rows)")
     same_device(student_logits=student_logits, teacher_logits=teacher_logits, target=target)
     same_dtype(student_logits=student_logits, teacher_logits=teacher_logits)
     positive_float("temperature", temperature)
     if student_temperature is not None:
         positive_float("student_temperature", student_temperature)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-        raise ValueError(f"lam must be a non-negative number, got {lam!r}")
-    if isinstance(soft_scale, bool) or not isinstance(soft_scale, (int, float)) or soft_scale < 0:
-        raise ValueError(f"soft_scale must be a non-negative number, got {soft_scale!r}")
+    nonnegative_float("lam", lam)
+    nonnegative_float("soft_scale", soft_scale)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     labels(target, student_logits.shape[1], ignore_index)
 
 
-def labels(target: torch.Tensor, num_classes: int, ignore_index: int = -100) -> None:
-    """Check every label is in [0, num_classes) or equals ``ignore_index`` (skipped under torch.compile)."""
+def labels(target: torch.Tensor, num_classes: int, ignore_index: int = -100, *, always: bool = False) -> None:
+    """Check every label is in [0, num_classes) or equals ``ignore_index``. Runs for CPU tensors, under the
+    debug checks, or with ``always`` (a once-per-data-set check); never under torch.compile."""
     if target.numel() == 0 or torch.compiler.is_compiling():
+        return
+    if not (always or _debug["on"] or target.device.type == "cpu"):
         return
     low, high = (int(v) for v in torch.aminmax(target.masked_fill(target == ignore_index, 0)))
     if low < 0 or high >= num_classes:

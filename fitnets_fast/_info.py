@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import torch
 
-from . import _backend
+from . import _backend, _checks
 
 
 def info(print_it: bool = True) -> Dict[str, Any]:
@@ -15,8 +15,9 @@ def info(print_it: bool = True) -> Dict[str, Any]:
 
     Returns a dict with keys ``versions``, ``devices`` (``cpu_bf16``: whether oneDNN runs bfloat16
     convolutions natively here, what ``amp="bf16"`` gains from on CPU), ``backends`` (availability, with
-    the reason when one is unavailable) and ``ops`` (for each op, the backend "auto" picks on CPU and on
-    CUDA for float32, and on CPU for bfloat16).
+    the reason when one is unavailable), ``ops`` (for each op, the backend "auto" picks for a typical call
+    on CPU and on CUDA for float32, and on CPU for bfloat16), ``used`` (for each op, the backends that
+    actually ran it in this process so far, eager calls) and ``checks`` (whether the debug checks are on).
     """
     from . import __version__
 
@@ -33,6 +34,8 @@ def info(print_it: bool = True) -> Dict[str, Any]:
                     "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "backends": {name: (_backend.unavailable_reason(name) or "available") for name in _backend.BACKENDS},
         "ops": _backend.choices(),
+        "used": _backend.used(),
+        "checks": _checks.checks_enabled(),
     }
     if print_it:
         print(format_info(report))
@@ -55,4 +58,7 @@ def format_info(report: Dict[str, Any]) -> str:
     lines += [f"  {k}: {v}" for k, v in report["backends"].items()]
     lines.append("op -> backend (auto; float32 on cpu and cuda, bfloat16 on cpu):")
     lines += [f"  {op}: cpu={c['cpu']}, cuda={c['cuda']}, cpu_bf16={c['cpu_bf16']}" for op, c in report["ops"].items()]
+    lines.append("op -> backends that ran it in this process:")
+    lines += [f"  {op}: {', '.join(names) or 'not called'}" for op, names in report["used"].items()]
+    lines.append(f"debug checks: {'on' if report['checks'] else 'off'}")
     return "\n".join(lines)

@@ -128,25 +128,36 @@ class MaxoutLinear(_MaxoutParams):
 
 
 class HintLoss(MaxoutConv2d):
-    """The FitNets regressor (a valid maxout conv, the teacher hint layer's non-linearity) and Eq. 3's loss.
+    """The FitNets regressor (a valid conv with the teacher hint layer's non-linearity) and Eq. 3's loss.
 
     ``forward(guided, hint)`` returns ``1/2 * sum (hint - r(guided))^2`` averaged over the batch, with
     ``guided (N, in_channels, Hg, Wg)`` and ``hint (N, out_channels, Hh, Wh)``,
-    ``Hh = Hg - kernel_size + 1``. Build one from shapes with ``fitnets_fast.models.build_regressor``.
+    ``Hh = Hg - kernel_size + 1``, and ``r = act(conv2d(guided))``. ``activation``: "maxout" (over
+    ``pieces``, default 2), "relu" or "none" (``pieces`` None or 1 for those two); checked here, at
+    construction. Build one from shapes with ``fitnets_fast.models.build_regressor``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: int = 2, *,
-                 max_norm: Optional[float] = 0.9, init_range: Optional[float] = 0.05, lr_scale: float = 1.0,
-                 backend: str = "auto"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: Optional[int] = None, *,
+                 activation: str = "maxout", max_norm: Optional[float] = 0.9, init_range: Optional[float] = 0.05,
+                 lr_scale: float = 1.0, backend: str = "auto"):
+        if activation == "maxout" and pieces is None:
+            pieces = 2
+        pieces = _checks.hint_activation(activation, pieces)
         super().__init__(in_channels, out_channels, kernel_size, pieces, max_norm=max_norm,
                          init_range=init_range, lr_scale=lr_scale, backend=backend)
+        self.activation = activation
 
     def regress(self, guided: torch.Tensor) -> torch.Tensor:
         """The regressor output ``r(guided)``, ``(N, out_channels, Hh, Wh)``."""
-        return super().forward(guided)
+        regressed = super().forward(guided)
+        return torch.relu(regressed) if self.activation == "relu" else regressed
 
     def forward(self, guided: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return ops.hint_loss(guided, hint, self.weight, self.bias, self.pieces, self.padding, backend=self.backend)
+        return ops.hint_loss(guided, hint, self.weight, self.bias, self.pieces, self.padding,
+                             activation=self.activation, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation!r}"
 
 
 class KDLoss(nn.Module):
@@ -163,7 +174,8 @@ class KDLoss(nn.Module):
                                     else _checks.positive_float("student_temperature", student_temperature))
         if reduction not in _checks.REDUCTIONS:
             raise ValueError(f"reduction must be one of {_checks.REDUCTIONS}, got {reduction!r}")
-        self.lam, self.soft_scale = float(lam), float(soft_scale)
+        self.lam = _checks.nonnegative_float("lam", lam)
+        self.soft_scale = _checks.nonnegative_float("soft_scale", soft_scale)
         self.reduction, self.ignore_index = reduction, ignore_index
         self.backend = _backend.check_name(backend)
 

@@ -24,6 +24,11 @@ from . import _checks
 __all__ = ["maxout", "maxout_conv2d", "maxout_linear", "hint_loss", "kd_loss"]
 
 
+def unsupported(op: str, inputs: tuple) -> Optional[str]:
+    """The backend interface of ``fitnets_fast._backend``: the reference runs every valid call (None)."""
+    return None
+
+
 # --------------------------------------------------------------------------------------------- maxout
 def maxout(x: torch.Tensor, pieces: int) -> torch.Tensor:
     """Maxout over dim 1: ``(N, C*pieces, *rest) -> (N, C, *rest)``, channels grouped consecutively."""
@@ -97,24 +102,31 @@ def maxout_linear_impl(x, weight, bias, pieces):
 
 # ------------------------------------------------------------------------------------------ hint loss
 def hint_loss(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-              pieces: int, padding: int = 0) -> torch.Tensor:
-    """FitNets hint loss (paper Eq. 3, as the authors' ``HintCost``), with its maxout-conv regressor.
+              pieces: Optional[int] = None, padding: int = 0, *, activation: str = "maxout") -> torch.Tensor:
+    """FitNets hint loss (paper Eq. 3, as the authors' ``HintCost``), with its convolutional regressor.
 
-    ``r = maxout_conv2d(guided, weight, bias, pieces, stride=1, padding=padding)`` and the loss is
-    ``1/2 * sum over C*H*W of (hint - r)^2``, averaged over the batch (a scalar). ``pieces=1`` gives a
-    plain linear conv regressor.
+    ``r = act(conv2d(guided, weight, bias, stride=1, padding=padding))`` and the loss is
+    ``1/2 * sum over C*H*W of (hint - r)^2``, averaged over the batch (a scalar). ``act`` is the teacher hint
+    layer's non-linearity:
+
+    * ``"maxout"``: maxout over ``pieces`` consecutive channels (required, >= 1; 1 is a linear regressor);
+    * ``"relu"``: ReLU (``pieces`` None or 1); its gradient at exactly 0 is 0, as ``torch.relu``'s;
+    * ``"none"``: identity (``pieces`` None or 1).
 
     Args:
-        guided: student guided-layer output ``(N, C_g, H_g, W_g)``.
+        guided: student guided-layer output ``(N, C_g, H_g, W_g)``, ``N >= 1`` (an empty batch is a ValueError).
         hint: teacher hint-layer output ``(N, C_h, H_h, W_h)``, equal in shape to the regressor output.
         weight: regressor weight ``(C_h*pieces, C_g, kH, kW)``; bias ``(C_h*pieces,)`` or None.
     """
-    _checks.hint_loss_args(guided, hint, weight, bias, pieces, padding)
-    return hint_loss_impl(guided, hint, weight, bias, pieces, padding)
+    pieces = _checks.hint_loss_args(guided, hint, weight, bias, pieces, padding, activation)
+    return hint_loss_impl(guided, hint, weight, bias, pieces, padding, activation)
 
 
-def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0):
+def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0, activation="maxout"):
+    """``hint_loss`` on valid arguments; ``pieces`` is 1 for ``activation`` "relu" and "none"."""
     regressed = maxout_conv2d_impl(guided, weight, bias, pieces, 1, padding)
+    if activation == "relu":
+        regressed = torch.relu(regressed)
     return 0.5 * (hint - regressed).square().sum() / guided.shape[0]
 
 

@@ -1,8 +1,10 @@
-"""Fused FitNets hint loss: regressor maxout conv (stride 1) + ``1/2 * sum (hint - r)^2 / N``, in one kernel.
+"""Fused FitNets hint loss: regressor conv (stride 1) + maxout or ReLU + ``1/2 * sum (hint - r)^2 / N``, in one kernel.
 
-The implicit-GEMM tile of ``maxout_conv`` computes ``r`` (bias and maxout in the epilogue) and the epilogue
-goes on: ``d = r - hint``, one partial sum of ``d^2 / (2N)`` per program, and, when a gradient will be
-needed, dL/d(pre-activation) = ``d / N`` at the winning piece and 0 at the others, written channels-last
+The implicit-GEMM tile of ``maxout_conv`` computes the regressor output (bias and maxout in the epilogue;
+``pieces=1`` for ReLU or no activation) and the epilogue goes on: ``r = relu(.)`` if asked for,
+``d = r - hint``, one partial sum of ``d^2 / (2N)`` per program, and, when a gradient will be needed,
+dL/d(pre-activation) = ``d / N`` at the winning piece (with ReLU: where the pre-activation is > 0) and 0
+at the others, written channels-last
 ``(N, H_out, W_out, C_hint*pieces)`` (plus dL/dhint = ``-d / N`` when the hint needs a gradient). The
 regressor output itself is never written. The loss is the sum of the partials (accumulated in float32,
 float64 for float64 inputs).
@@ -19,7 +21,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .. import _alloc, reference
+from .. import _alloc
+from .._checks import first_order_only
 from ._common import GemmConfig, acc_torch_dtype, dot_precision, f64_parts, from_parts, gemm_config, is_fp64
 from .maxout import winners_needed
 from .maxout_conv import conv_geometry, gemm_args, gemm_grid, maxout_conv_tile
@@ -29,7 +32,7 @@ from .maxout_conv import conv_geometry, gemm_args, gemm_grid, maxout_conv_tile
 def _hint_loss_kernel(x_ptr, w_ptr, b_ptr, h_ptr, part_ptr, gpre_ptr, gh_ptr, inv_n0, inv_n1, inv_n2,
                       shn, shc, shh, shw, M, C_out, H, W, C_in, H_out, W_out, KH, KW, conv_stride, pad,
                       sxn, sxc, sxh, sxw, swo, swc, swh, sww, HAS_BIAS: tl.constexpr, GRAD: tl.constexpr,
-                      GRAD_HINT: tl.constexpr, PIECES: tl.constexpr, FUSE_PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
+                      GRAD_HINT: tl.constexpr, RELU: tl.constexpr, PIECES: tl.constexpr, FUSE_PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP64: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -38,6 +41,9 @@ def _hint_loss_kernel(x_ptr, w_ptr, b_ptr, h_ptr, part_ptr, gpre_ptr, gh_ptr, in
         sxn, sxc, sxh, sxw, swo, swc, swh, sww, HAS_BIAS, PIECES, FUSE_PIECES, BLOCK_M, BLOCK_N, BLOCK_K, FP64, PREC)
     inv_n = from_parts(inv_n0, inv_n1, inv_n2, FP64)
     ok = (m < M)[:, None] & (cols < C_out)[None, :]
+    if RELU:  # PIECES == 1; NaN stays NaN (as torch.relu) and gets no gradient (as its backward)
+        idx = tl.where(r > 0, 0, 1)
+        r = tl.where(r < 0, 0.0, r)
     m64 = m.to(tl.int64)
     n_img = m64 // (H_out * W_out)
     rem = m64 % (H_out * W_out)
@@ -57,7 +63,7 @@ def _hint_loss_kernel(x_ptr, w_ptr, b_ptr, h_ptr, part_ptr, gpre_ptr, gh_ptr, in
 
 @triton_op("fitnets_fast_triton::hint_loss", mutates_args={})
 def _hint_loss_op(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  pieces: int, padding: int, grad: bool, grad_hint: bool, allow_tf32: bool, block_m: int,
+                  pieces: int, padding: int, relu: bool, grad: bool, grad_hint: bool, allow_tf32: bool, block_m: int,
                   block_n: int, block_k: int, num_warps: int, fuse_pieces: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, dL/d(pre-activation) ``(N, H_out, W_out, C*pieces)``, dL/dhint ``(N, H_out, W_out, C)``);
@@ -74,7 +80,7 @@ def _hint_loss_op(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor
         wrap_triton(_hint_loss_kernel)[grid](
             guided, weight, weight if bias is None else bias, hint, partials, gpre, ghint,
             *f64_parts(1.0 / geo.n), *hint.stride(), *gemm_args(guided, weight, geo), HAS_BIAS=bias is not None,
-            GRAD=grad, GRAD_HINT=grad_hint, PIECES=pieces, FUSE_PIECES=cfg.fuse_pieces and pieces == 2,
+            GRAD=grad, GRAD_HINT=grad_hint, RELU=relu, PIECES=pieces, FUSE_PIECES=cfg.fuse_pieces and pieces == 2,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, FP64=is_fp64(dt), PREC=dot_precision(dt, allow_tf32), num_warps=cfg.num_warps)
     return partials.sum().to(dt), gpre, ghint
@@ -89,6 +95,7 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _grad_gpre, _grad_ghint):
+    first_order_only("hint_loss", "triton")
     guided, weight, gpre, ghint = ctx.saved_tensors
     padding, has_bias = ctx.conv
     need = ctx.needs_input_grad
@@ -99,22 +106,21 @@ def _backward(ctx, grad_loss, _grad_gpre, _grad_ghint):
             [padding, padding], [1, 1], False, [0, 0], 1, [need[0], need[2], has_bias and need[3]])
         gx, gw, gb = (None if g is None else g * grad_loss for g in (gx, gw, gb))
     gh = ghint.permute(0, 3, 1, 2) * grad_loss if ghint.numel() else None
-    return (gx, gh, gw, gb) + (None,) * 10
+    return (gx, gh, gw, gb) + (None,) * 11
 
 
 _hint_loss_op.register_autograd(_backward, setup_context=_setup)
 
 
-def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0, *, config: Optional[GemmConfig] = None):
-    """The reference ``hint_loss_impl``: ``1/2 * sum (hint - maxout_conv2d(guided)) ^ 2 / N`` (a scalar).
-    ``config`` overrides the heuristic tiles (tests use it). An empty batch gives the reference's NaN (0/0)."""
-    if guided.shape[0] == 0:
-        return reference.hint_loss_impl(guided, hint, weight, bias, pieces, padding)
+def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0, activation="maxout", *,
+                   config: Optional[GemmConfig] = None):
+    """The reference ``hint_loss_impl``: ``1/2 * sum (hint - act(conv2d(guided))) ^ 2 / N`` (a scalar).
+    ``config`` overrides the heuristic tiles (tests use it)."""
     geo = conv_geometry(guided, weight, pieces, 1, padding)
     cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in)
     loss, _, _ = _hint_loss_op(
         guided.contiguous(memory_format=torch.channels_last), hint,
         weight.contiguous(memory_format=torch.channels_last), None if bias is None else bias.contiguous(),
-        pieces, padding, winners_needed(guided, weight, bias), winners_needed(hint),
+        pieces, padding, activation == "relu", winners_needed(guided, weight, bias), winners_needed(hint),
         torch.backends.cudnn.allow_tf32, *cfg)
     return loss

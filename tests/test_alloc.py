@@ -57,10 +57,31 @@ def test_pool_limit_evicts_idle_storages_only():
     assert _alloc._StoragePool(limit_bytes=0).take(MIB).nbytes() == MIB
 
 
-def test_bad_pool_limit_setting(monkeypatch):
-    monkeypatch.setenv("FITNETS_FAST_BUFFER_POOL_MB", "lots")
-    with pytest.raises(ValueError, match="FITNETS_FAST_BUFFER_POOL_MB"):
+@pytest.mark.parametrize("value", ["lots", "1.5", "-1", " ", "2e3", "\u0661"])
+def test_bad_pool_limit_setting(monkeypatch, value):
+    monkeypatch.setenv("FITNETS_FAST_BUFFER_POOL_MB", value)
+    with pytest.raises(ValueError, match="FITNETS_FAST_BUFFER_POOL_MB must be a whole non-negative number of MiB"):
         _alloc._pool_limit_bytes()
+
+
+def test_pool_limit_setting_parses_whole_mib(monkeypatch):
+    monkeypatch.setenv("FITNETS_FAST_BUFFER_POOL_MB", "0")
+    assert _alloc._pool_limit_bytes() == 0
+    monkeypatch.setenv("FITNETS_FAST_BUFFER_POOL_MB", "64")
+    assert _alloc._pool_limit_bytes() == 64 * MIB
+
+
+@pytest.mark.parametrize("variable,value", [("FITNETS_FAST_BUFFER_POOL_MB", "1.5"), ("FITNETS_FAST_CHECKS", "yes")])
+def test_a_malformed_setting_stops_the_import_instead_of_changing_the_backend(variable, value):
+    """A bad value used to make the cpp backend fail to import, so every op quietly ran the reference."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, **{variable: value})
+    proc = subprocess.run([sys.executable, "-c", "import fitnets_fast"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"ValueError: {variable} must be" in proc.stderr
 
 
 @needs_cpp

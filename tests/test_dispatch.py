@@ -26,18 +26,54 @@ def test_info_reports_versions_devices_and_each_ops_backend(capsys):
 def test_use_backend_changes_what_auto_means_and_restores_it():
     x = torch.randn(3, 4, 5)
     with fitnets_fast.use_backend("reference"):
-        assert _backend.resolve("maxout", "auto", x.device, x.dtype) == "reference"
-    assert _backend.resolve("maxout", "auto", x.device, x.dtype) == _backend.choices()["maxout"]["cpu"]
+        assert ops.backend_used("maxout", x, 2) == "reference"
+    assert ops.backend_used("maxout", x, 2) == _backend.choices()["maxout"]["cpu"]
     with pytest.raises(ValueError, match="backend must be one of"):
         with fitnets_fast.use_backend("gpu"):
             pass
 
 
 def test_auto_uses_reference_for_dtypes_the_cpp_kernels_do_not_take():
-    assert _backend.resolve("maxout", "auto", torch.device("cpu"), torch.float16) == "reference"
-    assert _backend.resolve("hint_loss", "auto", torch.device("cpu"), torch.bfloat16) == "reference"
+    assert ops.backend_used("maxout", torch.randn(2, 4).half(), 2) == "reference"
+    g, h, w = torch.randn(2, 3, 5, 5).bfloat16(), torch.randn(2, 4, 4, 4).bfloat16(), torch.randn(8, 3, 2, 2).bfloat16()
+    assert ops.backend_used("hint_loss", g, h, w, None, 2) == "reference"
     with pytest.raises(ValueError, match="float32 and float64"):
         ops.maxout(torch.randn(2, 4).half(), 2, backend="cpp")
+
+
+@pytest.mark.skipif(_backend.module("cpp") is None, reason="C++ kernels not built")
+def test_auto_picks_cpp_for_cpu_float_and_records_what_ran():
+    for op in _backend.OPS:
+        for dtype in (torch.float32, torch.float64):
+            assert _backend.resolve(op, "auto", _backend.example_inputs(op, torch.device("cpu"), dtype)) == "cpp"
+        bf16 = _backend.resolve(op, "auto", _backend.example_inputs(op, torch.device("cpu"), torch.bfloat16))
+        assert bf16 == ("cpp" if op.startswith("maxout") else "reference")  # the losses run in float32 under autocast
+    x = torch.randn(2, 6, 3, 3, requires_grad=True)
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.dtype) or t, lambda t: t):
+        ops.maxout(x, 3)  # "auto" -> the fused kernel, which saves a uint8 winner index
+    assert seen == [torch.uint8]
+    ops.maxout(x, 3, backend="reference")
+    assert _backend.used()["maxout"][:2] in (["cpp", "reference"], ["reference", "cpp"])
+    assert fitnets_fast.info(print_it=False)["used"]["maxout"] == _backend.used()["maxout"]
+
+
+def test_backend_used_checks_arguments_like_the_op():
+    with pytest.raises(ValueError, match="not divisible by pieces=2"):
+        ops.backend_used("maxout", torch.randn(2, 5, 3), 2)
+    with pytest.raises(ValueError, match="op must be one of"):
+        ops.backend_used("conv", torch.randn(2, 4))
+    x = torch.randn(2, 4)
+    assert ops.backend_used("maxout", x, 2, backend="reference") == "reference"
+    assert fitnets_fast.ops.backend_used is ops.backend_used
+
+
+def test_a_backend_named_for_a_device_it_cannot_run_says_why():
+    """Without CUDA and outside the interpreter, triton refuses CPU tensors; cpp refuses non-CPU ones."""
+    x = torch.randn(2, 4, device="meta")
+    with pytest.raises(ValueError, match="the cpp backend runs on CPU tensors, got meta"):
+        ops.backend_used("maxout", x, 2, backend="cpp")
+    assert ops.backend_used("maxout", x, 2) == "reference"
 
 
 _NO_EXTENSIONS = """

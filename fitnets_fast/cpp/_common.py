@@ -16,7 +16,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .. import _alloc
+from .. import _alloc, _checks
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
 
@@ -82,17 +82,24 @@ def reduced_shape(shape: torch.Size, pieces: int) -> Tuple[int, ...]:
 
 
 def fused_op(name: str, forward: Callable, fake: Callable, setup_context: Optional[Callable] = None,
-             backward: Optional[Callable] = None) -> Callable:
+             backward: Optional[Callable] = None, *, used_by: str = "") -> Callable:
     """Register ``forward`` as the ``torch.library`` custom op ``name`` (with its fake impl and, if given,
     its autograd formula) and return a caller that uses the custom op while ``torch.compile`` traces and,
     in eager mode, the same functions through a plain ``torch.autograd.Function`` (or ``forward`` itself),
     skipping the custom-op dispatch overhead (tens of microseconds per call). Output 0 must be the only
-    differentiable output. ``caller.op`` is the op.
+    differentiable output. ``caller.op`` is the op. The backward refuses ``create_graph=True`` with an
+    error naming ``used_by`` (the public ops built on this kernel): it is first-order only.
     """
     op = torch.library.custom_op(name, forward, mutates_args=())
     op.register_fake(fake)
     eager = forward
     if backward is not None:
+        first_order = backward
+
+        def backward(ctx, *grads):
+            _checks.first_order_only(used_by, "cpp")
+            return first_order(ctx, *grads)
+
         op.register_autograd(backward, setup_context=setup_context)
 
         def function_forward(ctx, *args):

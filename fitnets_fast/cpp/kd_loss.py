@@ -105,7 +105,8 @@ def _scaled(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return grad * scale
 
 
-kd_loss_fused = _common.fused_op("fitnets_fast_cpp::kd_loss", _kd_loss, _kd_loss_fake, _setup_context, _backward)
+kd_loss_fused = _common.fused_op("fitnets_fast_cpp::kd_loss", _kd_loss, _kd_loss_fake, _setup_context, _backward,
+                                 used_by="kd_loss")
 
 
 def kd_loss_impl(student_logits, teacher_logits, target, temperature=3.0, lam=4.0, student_temperature=None,

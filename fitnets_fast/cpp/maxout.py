@@ -1,4 +1,5 @@
-"""Maxout with a fused bias on the C++ kernels: ``maxout``, ``maxout_conv2d`` and ``maxout_linear``.
+"""Maxout with a fused bias on the C++ kernels: the ``maxout`` op, and the kernel ``maxout_conv2d``
+(``fitnets_fast.cpp.maxout_conv``) and ``maxout_linear`` (``fitnets_fast.cpp.maxout_linear``) build on.
 
 ``maxout_conv2d`` / ``maxout_linear`` run PyTorch's own bias-free convolution / matmul, then the fused
 kernel adds the bias and takes the max over the pieces in one pass, writing the output and a one-byte
@@ -6,16 +7,8 @@ index of the winning piece. Autograd saves only that index (plus whatever the co
 input and weight), never the k-wide pre-activation; the backward scatters the gradient to the winners and
 reduces the bias gradient in one pass, then PyTorch's conv/matmul backward continues.
 
-A pooled ``maxout_conv2d`` (``pool=(size, stride)``) takes maxout and max-pooling in one kernel
-(``fitnets_fast.cpp.maxout_pool``).
-
-``maxout_conv2d`` runs its convolution in channels-last memory (an NCHW input is converted; the output is
-channels-last too, so a stack of layers converts once): oneDNN's channels-last convolutions are up to 3x
-faster than NCHW ones on the thin layers of FitNets, and the fused kernel reads adjacent pieces there
-just as fast. Values are the same either way; only ``Tensor.stride()`` differs.
-
 Semantics match ``fitnets_fast.reference``: ties go to the lowest piece, a NaN piece wins (the first NaN).
-More than 256 pieces do not fit the one-byte index; such calls run the reference. bfloat16 tensors (what
+More than 256 pieces do not fit the one-byte index: the backend's ``unsupported`` refuses such calls. bfloat16 tensors (what
 ``maxout_conv2d`` / ``maxout_linear`` get under CPU autocast) are compared and biased in float and rounded
 once, after the max: the values equal the reference's in bfloat16 (rounding is monotonic), and where two
 sums round to the same bfloat16 value the gradient goes to the larger exact sum.
@@ -25,10 +18,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from .. import _C, _alloc, reference
-from . import _common, maxout_pool
+from .. import _C, _alloc
+from . import _common
 
 MAX_PIECES = 256
 
@@ -104,32 +96,12 @@ def _backward(ctx, grad_out, _grad_piece):
 
 
 maxout_bias = _common.fused_op("fitnets_fast_cpp::maxout_bias", _maxout_bias, _maxout_bias_fake, _setup_context,
-                               _backward)
+                               _backward, used_by="maxout / maxout_conv2d / maxout_linear")
 
 
 # ---------------------------------------------------------------------------- the backend's *_impl
 def maxout_impl(x: torch.Tensor, pieces: int) -> torch.Tensor:
-    """See ``fitnets_fast.reference.maxout``."""
+    """See ``fitnets_fast.reference.maxout`` (at most ``MAX_PIECES`` pieces)."""
     if pieces == 1:
         return x
-    if pieces > MAX_PIECES:
-        return reference.maxout_impl(x, pieces)
     return maxout_bias(x, None, pieces)[0]
-
-
-def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None):
-    """See ``fitnets_fast.reference.maxout_conv2d``. With ``pool``, maxout and pooling are one kernel
-    (``maxout_pool``) when its index can hold the window."""
-    if pieces == 1 or pieces > MAX_PIECES:
-        return reference.maxout_conv2d_impl(x, weight, bias, pieces, stride, padding, pool)
-    pre = F.conv2d(_common.channels_last_conv_input(x), weight, None, stride, padding)
-    if pool is not None and maxout_pool.fits(pieces, pool):
-        return maxout_pool.maxout_pool_bias(pre, bias, pieces, *pool)[0]
-    return reference.max_pool_impl(maxout_bias(pre, bias, pieces)[0], pool)
-
-
-def maxout_linear_impl(x, weight, bias, pieces):
-    """See ``fitnets_fast.reference.maxout_linear``."""
-    if pieces == 1 or pieces > MAX_PIECES:
-        return reference.maxout_linear_impl(x, weight, bias, pieces)
-    return maxout_bias(F.linear(x, weight), bias, pieces)[0]

@@ -1,22 +1,32 @@
-"""Maxout with a fused bias and max-pooling on the C++ kernel: the pooled layers of ``maxout_conv2d``.
+"""``maxout_conv2d`` on the C++ kernels, and its fused bias + maxout + max-pooling kernel for pooled layers.
+
+``maxout_conv2d_impl`` runs PyTorch's bias-free convolution in channels-last memory (an NCHW input is
+converted; the output is channels-last too, so a stack of layers converts once): oneDNN's channels-last
+convolutions are up to 3x faster than NCHW ones on the thin layers of FitNets, and the fused kernels read
+adjacent pieces there just as fast. Values are the same either way; only ``Tensor.stride()`` differs.
+Unpooled layers then take ``maxout_bias`` (``fitnets_fast.cpp.maxout``); pooled ones the kernel below.
+With ``pieces=1`` there is nothing to fuse: the layer is PyTorch's biased convolution (and pooling).
 
 One pass over the channels-last, k-wide pre-activation (the bias-free convolution's output) takes the max
 over the pieces and over each pooling window and writes only the pooled output plus a one-byte index of
 the winner (window pixel and piece), so neither the unpooled maxout output nor PyTorch's int64 pooling
 indices exist. The backward scatters the gradient to the winners (adding where windows overlap) and
 reduces the bias gradient in the same pass. Winners match ``reference.maxout_conv2d``: see
-``csrc/maxout_pool.cpp``.
+``csrc/maxout_conv.cpp``.
 
-The index holds ``size * size * pieces`` values at most 256; ``fits`` says when a pooling qualifies.
+The index holds ``size * size * pieces`` values at most 256; ``fits`` says when a pooling qualifies (a
+pooling that does not takes ``maxout_bias`` and then PyTorch's pooling).
 """
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .. import _C, _alloc, reference
 from . import _common
+from .maxout import maxout_bias
 
 _MAX_INDEX = 256
 
@@ -101,4 +111,14 @@ def _backward(ctx, grad_out, _grad_index):
 
 
 maxout_pool_bias = _common.fused_op("fitnets_fast_cpp::maxout_pool_bias", _maxout_pool_bias, _maxout_pool_bias_fake,
-                                    _setup_context, _backward)
+                                    _setup_context, _backward, used_by="maxout_conv2d (pooled)")
+
+
+def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None):
+    """See ``fitnets_fast.reference.maxout_conv2d`` (at most ``MAX_PIECES`` pieces)."""
+    if pieces == 1:
+        return reference.max_pool_impl(F.conv2d(x, weight, bias, stride, padding), pool)
+    pre = F.conv2d(_common.channels_last_conv_input(x), weight, None, stride, padding)
+    if pool is not None and fits(pieces, pool):
+        return maxout_pool_bias(pre, bias, pieces, *pool)[0]
+    return reference.max_pool_impl(maxout_bias(pre, bias, pieces)[0], pool)
