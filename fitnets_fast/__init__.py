@@ -7,6 +7,7 @@
 * ``fitnets_fast.data``: offline loaders, the paper's preprocessing, device-side augmentation.
 * ``fitnets_fast.train(...)``: a preset run (teacher, hints, KD, baselines).
 * ``fitnets_fast.distill(teacher, student, train, ...)``: FitNets and its baselines for networks of your own.
+* ``fitnets_fast.suggest_hints(teacher, student)``: candidate hint/guided layer pairs, best first.
 """
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from ._checks import set_checks
 from ._info import info
 
 __version__ = "0.1.0"
-__all__ = ["info", "set_checks", "train", "distill", "use_backend", "__version__"]
+__all__ = ["info", "set_checks", "train", "distill", "suggest_hints", "use_backend", "__version__"]
+
+
+def suggest_hints(*args, **kwargs):
+    """Candidate (hint, guided) layer pairs, best first; see ``fitnets_fast.hints.suggest_hints``."""
+    from .hints import suggest_hints as _suggest
+
+    return _suggest(*args, **kwargs)
 
 
 def train(*args, **kwargs):

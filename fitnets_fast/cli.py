@@ -1,4 +1,5 @@
-"""``fitnets-fast``: ``train`` (a preset, with overrides or a resume), ``eval`` (a saved model), ``info``.
+"""``fitnets-fast``: ``train`` (a preset, with overrides or a resume), ``eval`` (a saved model), ``hints``
+(candidate hint/guided layer pairs of two networks), ``info``.
 
 Examples::
 
@@ -8,6 +9,7 @@ Examples::
     torchrun --nproc_per_node 2 -m fitnets_fast train --preset cifar10 --data-dir data   # 2 processes (DDP)
     torchrun --nproc_per_node 2 --no-python fitnets-fast train --preset cifar10 --data-dir data
     fitnets-fast eval runs/digits-20260101-120000/models/fitnets.pt
+    fitnets-fast hints --teacher resnet56 --student resnet20 --top 5
     fitnets-fast info
 """
 from __future__ import annotations
@@ -40,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--device", default=None)
+    h = sub.add_parser("hints", help="candidate (hint, guided) layer pairs of a teacher and a student, best first")
+    h.add_argument("--teacher", required=True, metavar="NAME_OR_FILE", help="a model name or a run's model file")
+    h.add_argument("--student", required=True, metavar="NAME_OR_FILE", help="a model name or a run's model file")
+    h.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="shape of one input (default: the networks' own)")
+    h.add_argument("--top", type=int, default=10, help="number of pairs to list (default 10)")
     sub.add_parser("info", help="versions, devices, op backends, presets and model names")
     return parser
 
@@ -97,6 +105,25 @@ def _eval(args) -> int:
     return 0
 
 
+def _hints(args) -> int:
+    from .hints import format_hints, suggest_hints
+    from .run_files import CheckpointError
+
+    try:
+        shape = None
+        if args.input_shape is not None:
+            try:
+                shape = tuple(int(v) for v in args.input_shape.split(","))
+            except ValueError:
+                raise ValueError(f"--input-shape must be C,H,W (three ints), got {args.input_shape!r}") from None
+        pairs = suggest_hints(args.teacher, args.student, shape, top=args.top)
+    except (ValueError, TypeError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_hints(pairs))
+    return 0
+
+
 def _info(args) -> int:
     from . import info
     from .config import PRESETS
@@ -112,7 +139,7 @@ def _info(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"train": _train, "eval": _eval, "info": _info}[args.command](args)
+    return {"train": _train, "eval": _eval, "hints": _hints, "info": _info}[args.command](args)
 
 
 if __name__ == "__main__":

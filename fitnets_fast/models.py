@@ -1,6 +1,8 @@
-"""Every network of the FitNets paper (plus two small ones for the 8x8 digits preset), built from tables.
+"""Every network of the FitNets paper (plus two small ones for the 8x8 digits preset), built from tables,
+and the CIFAR ResNets of :mod:`fitnets_fast.resnet`.
 
-``build(name, num_classes=10, **options)`` returns a ``MaxoutNet``; ``names()`` lists the names. Each
+``build(name, num_classes=10, **options)`` returns a ``MaxoutNet`` (or a ``CifarResNet`` for the ResNet names
+``resnet8`` ... ``resnet110``, ``resnet8x4``, ``resnet32x4``); ``names()`` lists the names. Each maxout
 architecture is an ``Arch``: a tuple of hidden-layer specs (``Conv``, ``Dense``) plus the settings the
 trainer applies (initialisation range, max-norm limits, learning-rate scales, dropout, default hint or
 guided layer). A softmax layer ``y`` (``MaxoutLinear(pieces=1)``, giving logits) always ends the net.
@@ -53,7 +55,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from . import _backend, _checks, reference
+from . import _backend, _checks, reference, resnet
 from .nn import HintLoss, MaxoutConv2d, MaxoutLinear
 
 __all__ = ["Conv", "Dense", "Arch", "MaxoutNet", "build", "names", "arch", "build_regressor",
@@ -198,14 +200,17 @@ _ARCHS = {
 
 
 def names() -> List[str]:
-    """The model names ``build`` accepts, in the order of the paper's tables."""
-    return list(_ARCHS)
+    """The model names ``build`` accepts: the maxout networks in the order of the paper's tables, then the
+    CIFAR ResNets."""
+    return list(_ARCHS) + resnet.names()
 
 
 def arch(name: str) -> Arch:
-    """The ``Arch`` spec behind ``build(name)``."""
+    """The ``Arch`` spec behind ``build(name)`` for a maxout network (ResNets have none)."""
+    if isinstance(name, str) and name in resnet.names():
+        raise ValueError(f"{name!r} is a CIFAR ResNet, not a maxout network; it has no Arch spec")
     if not isinstance(name, str) or name not in _ARCHS:
-        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(_ARCHS)}")
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(names())}")
     return _ARCHS[name]
 
 
@@ -374,12 +379,21 @@ class MaxoutNet(nn.Module):
         return list(self.layers)
 
 
-def build(name: str, num_classes: int = 10, **options) -> MaxoutNet:
-    """The network ``name`` (see ``names()``) with ``num_classes`` outputs.
+def build(name: str, num_classes: int = 10, **options) -> nn.Module:
+    """The network ``name`` (see ``names()``) with ``num_classes`` outputs: a ``MaxoutNet``, or a
+    ``fitnets_fast.resnet.CifarResNet`` for the ResNet names.
 
-    Options: ``backend`` (the ops backend of every layer, default "auto"); ``init_range`` (override the
-    architecture's: a positive float for U(-r, r), or None for PyTorch's default initialisation).
+    Options of the maxout networks: ``backend`` (the ops backend of every layer, default "auto");
+    ``init_range`` (override the architecture's: a positive float for U(-r, r), or None for PyTorch's default
+    initialisation). ResNets are plain PyTorch layers with no fused ops: they accept ``backend`` (checked, so
+    one call can build either kind) and no other option.
     """
+    if isinstance(name, str) and name in resnet.names():
+        unknown = set(options) - {"backend"}
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)} for a ResNet; valid option: backend")
+        _backend.check_name(options.get("backend", "auto"))
+        return resnet.build(name, num_classes)
     spec = arch(name)
     unknown = set(options) - {"backend", "init_range"}
     if unknown:

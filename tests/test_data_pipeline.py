@@ -4,6 +4,7 @@ import functools
 import pytest
 import torch
 
+from fitnets_fast.config import Config, make_config
 from fitnets_fast.data import Batches, window_and_flip
 
 
@@ -34,6 +35,25 @@ def test_every_crop_is_a_window_of_the_padded_image_shared_by_channels():
     assert rows == set(range(17)) and cols == set(range(17))  # offsets 0..16 cover the whole padded image
     flips = sum(f[3] for f in found)
     assert 200 < flips < 300
+
+
+@pytest.mark.parametrize("pad", [None, 4], ids=["default-8", "4"])
+def test_crop_offsets_span_exactly_the_padding(pad):
+    # The default is pylearn2's 8 px (offsets 0..16); 4 px is the ResNet recipe's (offsets 0..8).
+    x = torch.rand(400, 1, 10, 10, generator=torch.Generator().manual_seed(0)) + 0.5
+    g = torch.Generator().manual_seed(2)
+    out = window_and_flip(x, generator=g) if pad is None else window_and_flip(x, pad=pad, generator=g)
+    p = 8 if pad is None else pad
+    found = _match_windows(x, out, p)
+    assert sorted(f[0] for f in found) == list(range(400))
+    assert {f[1] for f in found} == set(range(2 * p + 1)) and {f[2] for f in found} == set(range(2 * p + 1))
+
+
+def test_runs_crop_with_8px_padding_unless_told_otherwise():
+    assert Config().augment_pad == 8
+    cifar = make_config("cifar10")
+    assert cifar.augment == "window_and_flip" and cifar.augment_pad == 8
+    assert make_config("cifar10", augment_pad=4).augment_pad == 4
 
 
 def test_flip_rate_is_about_half():

@@ -23,6 +23,10 @@ Preprocessing ``"paper"``:
 * svhn: GCN (centred, L2 norm 1) then LeCun local contrast normalisation per channel (7x7 Gaussian window,
   sigma 2), as pylearn2's ``svhn_preprocessing.py``; nothing is fitted, so nothing is cached.
 
+``"mean_std"`` (any data set; the recipe of the CIFAR-100 ResNet distillation benchmarks): pixels / 255, then
+each channel standardised with the mean and standard deviation of that channel over the training split (without
+the validation rows); nothing is cached (the statistics take one pass over the images).
+
 ``"none"``: pixels / 255 for every data set.
 """
 from __future__ import annotations
@@ -35,7 +39,7 @@ import torch
 
 from . import cache
 from .loaders import load
-from .preprocess import ZCA, gcn, lcn, scale_pixels
+from .preprocess import ZCA, ChannelNorm, gcn, lcn, scale_pixels
 from .types import Dataset, Split
 
 GCN_SCALE = 55.0
@@ -44,7 +48,7 @@ PIPELINE_VERSION = 1  # bump when a preprocessing change must invalidate cached 
 SVHN_VALID_PER_CLASS = (400, 200)  # from train_32x32.mat, from extra_32x32.mat
 VALID_DENOMINATOR = {"cifar10": 5, "cifar100": 5, "mnist": 6, "digits": 5, "synthetic": 5}
 WHITENED = ("cifar10", "cifar100", "synthetic")
-PREPROCESSING = ("paper", "none")
+PREPROCESSING = ("paper", "mean_std", "none")
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
 
@@ -132,7 +136,8 @@ def prepare(name: str, root: Optional[str] = None, *, validation: bool = True, p
             cache_dir: Union[str, None, bool] = None, device: Union[str, torch.device] = "cpu",
             **opts) -> Prepared:
     """Load ``name`` (see :func:`fitnets_fast.data.load`; ``root`` and ``opts`` go there), split off the
-    paper's validation set if ``validation``, preprocess (``"paper"`` or ``"none"``, see the module doc) and
+    paper's validation set if ``validation``, preprocess (``"paper"``, ``"mean_std"`` or ``"none"``, see the
+    module doc) and
     move everything to ``device``.
 
     ``cache_dir``: folder for cached transforms and whitened arrays (None: ``$FITNETS_FAST_CACHE`` or
@@ -157,6 +162,13 @@ def prepare(name: str, root: Optional[str] = None, *, validation: bool = True, p
     from_cache = False
     if preprocessing == "none":
         arrays, pre_note = [scale_pixels(p.images) for p in parts], "pixels / 255"
+    elif preprocessing == "mean_std":
+        pixels = [scale_pixels(p.images) for p in parts]
+        norm = ChannelNorm.fit(pixels[0])
+        arrays = [norm.apply(a) for a in pixels]
+        pre_note = (f"pixels / 255, then per-channel mean/std normalisation (mean "
+                    f"{', '.join(f'{v:.4f}' for v in norm.mean.tolist())}; std "
+                    f"{', '.join(f'{v:.4f}' for v in norm.std.tolist())}) of the {len(fit)} training images")
     elif name in WHITENED:
         arrays, how_fit, from_cache = _whiten(fit, parts[1:], folder)
         pre_note = (f"GCN (L2 norm {GCN_SCALE:g}) + ZCA (filter bias {ZCA_FILTER_BIAS:g}) fitted on the "

@@ -1,6 +1,6 @@
 """The paper's pixel preprocessing: global contrast normalisation, ZCA whitening and LeCun's local contrast
 normalisation, as pylearn2 defines them (``global_contrast_normalize``, ``preprocessing.ZCA``,
-``LeCunLCN``). All functions work on CPU or GPU tensors and process large inputs in row chunks so the
+``LeCunLCN``); and the per-channel mean/std normalisation of modern CIFAR recipes (``ChannelNorm``). All functions work on CPU or GPU tensors and process large inputs in row chunks so the
 temporaries stay small; results are float32.
 """
 from __future__ import annotations
@@ -74,6 +74,51 @@ def lcn(x: torch.Tensor, kernel_size: int = 7, sigma: float = 2.0, threshold: fl
         divisor = torch.maximum(local_std, local_std.mean(dim=(2, 3), keepdim=True)).clamp_min_(threshold)
         out[i:i + CHUNK] = centred / divisor
     return out
+
+
+@dataclass
+class ChannelNorm:
+    """Per-channel standardisation: y = (x - mean[c]) / std[c] for every pixel of channel c.
+
+    ``mean``, ``std``: float64 (C,), the mean and the standard deviation (divided by the count, not count - 1)
+    over all images and pixels of each channel of the fitting data.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> "ChannelNorm":
+        """Fit on ``x`` (N, C, H, W) of any real dtype (accumulated in float64, chunk by chunk, on x's device;
+        the result lives on the CPU). Raises ValueError when a channel is constant."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] < 1:
+            raise TypeError(f"x must be a tensor (N, C, H, W) with N >= 1, got "
+                            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        c = x.shape[1]
+        total = torch.zeros(c, dtype=torch.float64, device=x.device)
+        for i in range(0, x.shape[0], CHUNK):
+            total += x[i:i + CHUNK].to(torch.float64).sum(dim=(0, 2, 3))
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = total / count
+        sq = torch.zeros(c, dtype=torch.float64, device=x.device)
+        for i in range(0, x.shape[0], CHUNK):
+            sq += (x[i:i + CHUNK].to(torch.float64) - mean[:, None, None]).square().sum(dim=(0, 2, 3))
+        std = (sq / count).sqrt()
+        if bool((std == 0).any()):
+            raise ValueError(f"channel(s) {(std == 0).nonzero().flatten().tolist()} are constant: no std to divide by")
+        return cls(mean.cpu(), std.cpu())
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise ``x`` (N, C, H, W) with this transform's C channels; returns float32 of the same shape."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"x must be a tensor (N, {self.mean.shape[0]}, H, W), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        mean = self.mean.to(x.device, torch.float32)[:, None, None]
+        inv = self.std.reciprocal().to(x.device, torch.float32)[:, None, None]
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        for i in range(0, x.shape[0], CHUNK):
+            torch.mul(x[i:i + CHUNK].to(torch.float32) - mean, inv, out=out[i:i + CHUNK])
+        return out
 
 
 @dataclass
