@@ -231,6 +231,25 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "depth": dict(_CIFAR, student="depth11_30m",
                   description="Paper Table 6 / Figure 2: deeper students at a fixed budget "
                               "(student=depth{5,7,9,11}_{30m,107m}); backprop vs KD vs FitNets"),
+    "cifar100_resnet": dict(
+        description="CIFAR-100 ResNets beside the paper's nets: teacher resnet56 -> student resnet20 (or --set "
+                    "teacher=resnet32x4 --set student=resnet8x4); backprop, KD (T=4) and two-stage FitNets "
+                    "(hints at the output of the second stage)",
+        dataset="cifar100", teacher="resnet56", student="resnet20", preprocessing="mean_std", validation=False,
+        augment="window_and_flip", augment_pad=4, batch_size=64, hint_layer="layer2", guided_layer="layer2",
+        teacher_optimizer="sgd", teacher_lr=0.05, teacher_momentum=0.9, teacher_weight_decay=5e-4,
+        teacher_lr_schedule="multistep", teacher_max_epochs=240, teacher_patience=None,
+        student_optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, student_lr_schedule="multistep",
+        lr_milestones=[150, 180, 210], lr_decay=0.1, max_epochs=240, patience=None, hint_max_epochs=40,
+        hint_patience=None, temperature=4.0, tau_squared=True, lambda_init=1.0, lambda_final=1.0, lambda_start=1,
+        lambda_saturate=1,
+        choices=dict(
+            recipe="Tian et al. (ICLR 2020) CIFAR-100 recipe: SGD momentum 0.9, lr 0.05 decayed x0.1 after epochs "
+                   "150, 180, 210 of 240, weight decay 5e-4, batch 64, 4 px crop + flip, per-channel mean/std",
+            kd="CE + T^2 * H(P_T^T, P_S^T) with T=4 (Hinton's weighting; RepDistiller weighs 0.1 CE + 0.9 T^2 KL)",
+            hints="two-stage FitNets: stage 1 on the hint loss for 40 epochs at lr 0.05 (SGD), then KD",
+            stopping="no validation split: every row trains all its epochs and reports its last epoch"),
+    ),
 }
 for _name, _p in PRESETS.items():
     _p["preset"] = _name
