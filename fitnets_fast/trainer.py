@@ -505,8 +505,8 @@ def evaluate_model_file(path: str, data_dir: Optional[str] = None, device: Optio
     model = _models.build(info["model"], info["num_classes"], **info["options"]).to(dev)
     model.load_state_dict(info["state_dict"])
     out = {"path": str(path), "model": info["model"], "role": info["role"], "dataset": d["dataset"],
-           "test_acc": accuracy_and_loss(model, TensorSplit(*prepared.test), batch_size)[0],
-           "params": _models.count_params(model), "mults": _models.count_mults(model)}
+           "test_acc": accuracy_and_loss(model, TensorSplit(*prepared.test), batch_size)[0]}
+    out["params"], out["mults"] = _size(model)
     if prepared.valid is not None:
         out["valid_acc"] = accuracy_and_loss(model, TensorSplit(*prepared.valid), batch_size)[0]
     return out
