@@ -4,7 +4,7 @@
 // so maxout's backward scatter (which writes the gradient only to piece 0 < K) gives ReLU's gradient.
 #include <pybind11/pybind11.h>
 
-#include "maxout_kernels.h"
+#include "common.h"
 
 namespace py = pybind11;
 

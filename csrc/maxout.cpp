@@ -2,7 +2,7 @@
 // double and bfloat16 storage.
 #include <pybind11/pybind11.h>
 
-#include "maxout_kernels.h"
+#include "common.h"
 
 namespace py = pybind11;
 

@@ -5,7 +5,7 @@ namespace py = pybind11;
 
 namespace fitnets {
 void register_maxout(py::module_& m);
-void register_maxout_pool(py::module_& m);
+void register_maxout_conv(py::module_& m);
 void register_hint_loss(py::module_& m);
 void register_kd_loss(py::module_& m);
 }  // namespace fitnets
@@ -14,7 +14,7 @@ PYBIND11_MODULE(_C, m) {
     m.doc() = "Fused CPU kernels of fitnets_fast (maxout, maxout + max-pool, hint-loss epilogue, KD loss); float32 and "
             "float64.";
     fitnets::register_maxout(m);
-    fitnets::register_maxout_pool(m);
+    fitnets::register_maxout_conv(m);
     fitnets::register_hint_loss(m);
     fitnets::register_kd_loss(m);
 }

@@ -6,7 +6,7 @@ and Python numbers, never tensor values, except:
 
 * the KD label range (the labels' min and max), which runs on CPU tensors (where it is cheap) and, on other
   devices, where it would make the host wait for the device every call, only under the debug checks
-  (``fitnets_fast.trainer`` checks each data set's labels once instead);
+  (a data set's labels are checked once, where it is loaded: ``labels(..., always=True)``);
 * the debug checks (``set_checks(True)``, or ``FITNETS_FAST_CHECKS=1`` in the environment; off by default),
   which also count the NaN/inf values of every floating input of the public ops and name the input.
 

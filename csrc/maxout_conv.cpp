@@ -1,4 +1,5 @@
-// Maxout with bias followed by max-pooling, in one pass over a channels-last pre-activation.
+// maxout_conv2d's pooled layers: maxout with bias followed by max-pooling, in one pass over a channels-last
+// pre-activation (unpooled layers use maxout.cpp's kernel).
 //
 // Layout: pre (N, H, W, C*K) contiguous (pieces of channel c adjacent, bias[c*K + p]); outputs (N, Ho, Wo, C)
 // contiguous: the pooled maxout value and a one-byte index (dy*P + dx)*K + p of the winner, dy, dx its
@@ -11,7 +12,7 @@
 
 #include <limits>
 
-#include "maxout_kernels.h"
+#include "common.h"
 
 namespace py = pybind11;
 
@@ -126,7 +127,7 @@ PoolShape pool_shape(int64_t N, int64_t H, int64_t W, int64_t C, int64_t K, int6
 
 }  // namespace
 
-void register_maxout_pool(py::module_& m) {
+void register_maxout_conv(py::module_& m) {
     m.def(
         "maxout_pool_forward",
         [](const std::string& dtype, std::uintptr_t pre, std::uintptr_t bias, std::uintptr_t out, std::uintptr_t index,
