@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 import zlib
 from contextlib import nullcontext
@@ -50,14 +51,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import models as _models
 from .config import Config, make_config
-from .distributed import World, launch
+from .distributed import World, is_main_process, launch
 from .nn import KDLoss
 from .optim import MaxNorm, Momentum, RMSProp, param_groups
-from .run_files import RunDir, format_table, load_model_file, save_model
+from .progress import progress_bar   # run safety: plain lines when stderr is not a terminal
+from .run_files import (CheckpointError, RunDir, RunFolderError, RunInterrupted, format_table, load_model_file,
+                        save_model)
 from .schedules import exponential_decay, linear_decay, linear_ramp
 
 __all__ = ["train", "default_out_dir", "evaluate_model_file", "TrainingDiverged", "resolve_device"]
@@ -70,15 +72,20 @@ class TrainingDiverged(FloatingPointError):
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
-    """``"auto"``/None: CUDA when available, else CPU; otherwise ``torch.device(device)`` (CUDA checked)."""
+    """``"auto"``/None: CUDA when available, else CPU; ``"cpu"``/``"cuda[:N]"``: that device, checked to exist.
+    Anything else (``"mps"``, a typo) raises ``ValueError``."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
 
 
@@ -413,7 +420,7 @@ class _Trainer:
         exponential = s.stage == "teacher" and cfg.teacher_lr_schedule == "exponential"
         if self.world.distributed:   # dropout masks: independent per process, reproducible per (stage, epoch)
             torch.manual_seed(_seed(cfg.seed, s.row, s.stage, epoch, "rank", self.world.rank))
-        bar = tqdm(total=len(self.batches), desc=f"  epoch {epoch}", leave=False, disable=self.quiet)
+        bar = progress_bar(total=len(self.batches), desc=f"  epoch {epoch}", leave=False, disable=self.quiet)
         for b, (xb, ids) in enumerate(self.world.shard(self.batches.epoch(epoch))):
             if exponential:
                 opt.set_lr(exponential_decay(updates, cfg.teacher_lr, cfg.teacher_lr_decay_factor, cfg.teacher_lr_min))
@@ -504,7 +511,7 @@ class _Trainer:
             epoch = 0
         s.forward = self.world.wrap(_TrainStep(s.trained, partial(self._loss, s)), self.device)
         records = progress["records"]
-        bar = tqdm(total=s.max_epochs, initial=epoch, desc=f"{row}/{stage}", disable=self.quiet)
+        bar = progress_bar(total=s.max_epochs, initial=epoch, desc=f"{row}/{stage}", disable=self.quiet)
         try:
             while epoch < s.max_epochs and not (s.patience is not None and progress["bad_epochs"] >= s.patience):
                 epoch += 1
@@ -619,8 +626,6 @@ class _Trainer:
             self.train_seconds = ck["train_seconds"]
             if ck.get("scaler"):
                 self.scaler.load_state_dict(ck["scaler"])
-            if self.world.is_main:
-                self.run.truncate_metrics(self.n_metrics)
             self.teacher.load_state_dict(ck["teacher"])
             if first > 0:
                 self._freeze_teacher()
@@ -675,13 +680,16 @@ def train(preset: str = "digits", out_dir: Optional[str] = None, data_dir: Optio
     """Run ``preset`` (see ``fitnets_fast.config.PRESETS``) with ``overrides`` (any ``Config`` field) and
     return the summary dict (also written to ``<out_dir>/summary.json``).
 
-    ``out_dir``: the run folder (default ``runs/<preset>-<UTC time>``; must not hold a run already).
-    ``data_dir``: root of the downloaded data sets (digits and synthetic need none). ``device``: "auto"
-    (default: CUDA if available), "cpu", "cuda". ``resume``: a run folder to continue from its last
-    checkpoint (the saved config is used; ``preset`` and ``overrides`` must not be given, ``device`` and
-    ``data_dir`` may). ``quiet``: no progress bars. ``callback(record)``: called after each epoch's
-    checkpoint with that epoch's metrics record. Raises ``TrainingDiverged`` on a NaN/inf loss and
-    ``CheckpointError`` when a resume checkpoint is missing or corrupt.
+    ``out_dir``: the run folder (must not hold a run already); default ``runs/<preset>-<UTC time>``, with a
+    ``-2``, ``-3``, ... suffix when another run took that name. The folder is claimed and locked before any
+    data are loaded (``RunDir.create``). ``data_dir``: root of the downloaded data sets (digits and synthetic
+    need none). ``device``: "auto" (default: CUDA if available), "cpu", "cuda". ``resume``: a run folder to
+    continue from its last checkpoint (the saved config is used; ``preset`` and ``overrides`` must not be
+    given, ``device`` and ``data_dir`` may); a run stopped before its first checkpoint starts again from the
+    beginning. ``quiet``: no progress bars. ``callback(record)``: called after each epoch's checkpoint with
+    that epoch's metrics record. Raises ``TrainingDiverged`` on a NaN/inf loss, ``CheckpointError`` when a
+    resume checkpoint is corrupt or from another run, ``RunFolderError`` when the folder cannot be written
+    or another process is running it, and ``RunInterrupted`` (a ``KeyboardInterrupt``) on Ctrl-C.
 
     Launched by torchrun (``RANK``, ``WORLD_SIZE``, ... set), every process calls this with the same
     arguments; ``batch_size`` is the global batch (a multiple of the number of processes, else
@@ -689,21 +697,39 @@ def train(preset: str = "digits", out_dir: Optional[str] = None, data_dir: Optio
     a lost process makes the others raise ``fitnets_fast.distributed.DistributedFailure`` (at the latest
     after ``dist_timeout`` seconds).
     """
+    main = is_main_process()
     if resume is not None:
         if overrides:
             raise ValueError(f"resume takes the saved config; got overrides {sorted(overrides)}")
         run = RunDir(resume)
-        saved = run.read_config()
-        cfg = Config.from_dict(dict(saved["config"], **({"device": device} if device else {})))
-        ck = run.load_checkpoint()
-        data_dir = data_dir if data_dir is not None else saved.get("data_dir")
+        if main:
+            run.claim()   # run safety: lock the folder for the whole resume; remove *.tmp leftovers
+        try:
+            saved = run.read_config()
+            cfg = Config.from_dict(dict(saved["config"], **({"device": device} if device else {})))
+            resolve_device(cfg.device)
+            # run safety: the checkpoint's run id is checked before any file changes; a run stopped before
+            # its first checkpoint starts again from the beginning with its saved settings.
+            ck = run.load_checkpoint() if run.last_path.exists() or run.has_results() else None
+            data_dir = data_dir if data_dir is not None else saved.get("data_dir")
+            if main:
+                if ck is None:
+                    print(f"{run.path} has no checkpoint: starting the run again from the beginning with its "
+                          f"saved settings", file=sys.stderr)
+                note = run.repair_metrics(0 if ck is None else ck["n_metrics"])
+                if note:
+                    print(note, file=sys.stderr)
+        except BaseException:
+            run.release()
+            raise
     else:
         cfg = make_config(preset, seed=seed, **({"device": device} if device else {}), **overrides)
-        out_dir = default_out_dir(preset) if out_dir is None else out_dir
-        run = RunDir(out_dir)
-        if run.last_path.exists() or run.config_path.exists():
-            raise ValueError(f"out_dir {out_dir!r} already holds a run; resume it with resume={out_dir!r} or "
-                             f"pick another folder")
+        resolve_device(cfg.device)   # a bad device is refused before a run folder is made
+        if main:   # run safety: claim a fresh, locked folder before loading any data
+            run = RunDir.create(out_dir, default=default_out_dir(preset),
+                                settings={"config": cfg.to_dict(), "data_dir": data_dir})
+        else:      # torchrun ranks > 0 never write to the run folder
+            run = RunDir(default_out_dir(preset) if out_dir is None else out_dir)
         ck = None
     threads = torch.get_num_threads()
     try:
@@ -715,8 +741,17 @@ def train(preset: str = "digits", out_dir: Optional[str] = None, data_dir: Optio
             if ck is None and world.is_main:
                 trainer.start(data_dir)
             summary = trainer.execute(ck)
+    except KeyboardInterrupt:   # run safety: say whether --resume continues from a checkpoint
+        raise RunInterrupted(str(run.path), run.last_path.exists()) from None
+    except OSError as exc:      # run safety: a full disk, a lost permission (data not found has its own message)
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise RunFolderError(f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}; the run "
+                             f"folder keeps its last checkpoint: fix this, then `fitnets-fast train --resume "
+                             f"{run.path}`") from exc
     finally:
         torch.set_num_threads(threads)
+        run.release()
     if not quiet and world.is_main:
         print(format_table(summary))
     return summary
@@ -734,7 +769,13 @@ def evaluate_model_file(path: str, data_dir: Optional[str] = None, device: Optio
     prepared = _data.prepare(d["dataset"], data_dir, validation=d["validation"], preprocessing=d["preprocessing"],
                              device=dev, **d["options"])
     model = _models.build(info["model"], info["num_classes"], **info["options"]).to(dev)
-    model.load_state_dict(info["state_dict"])
+    try:
+        model.load_state_dict(info["state_dict"])
+    except RuntimeError as exc:   # missing, unexpected or mis-shaped weights
+        problem = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise CheckpointError(f"model file {str(path)!r}: its weights do not fit a {info['model']!r} model with "
+                              f"{info['num_classes']} classes ({problem}); the file was edited or damaged, so "
+                              f"use the one its run saved") from None
     out = {"path": str(path), "model": info["model"], "role": info["role"], "dataset": d["dataset"],
            "test_acc": _accuracy_and_loss(model, *prepared.test, batch_size)[0],
            "params": _models.count_params(model), "mults": _models.count_mults(model)}
