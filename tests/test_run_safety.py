@@ -117,7 +117,7 @@ def test_kill_in_the_first_epoch_then_resume_equals_an_uninterrupted_run(tmp_pat
             "trainer.train('digits', out_dir=sys.argv[1], quiet=True, **json.loads(sys.argv[2]))\n")
     out = tmp_path / "killed"
     proc = _python(code, out)
-    proc.communicate(timeout=300)
+    proc.communicate(timeout=900)
     assert proc.returncode == -9
     run = RunDir(out)
     assert not run.last_path.exists() and len(run.read_metrics()) == 1
@@ -148,7 +148,7 @@ def test_resume_while_the_run_is_training_is_refused(tmp_path, capsys):
     out, gate = tmp_path / "busy", tmp_path / "gate"
     proc = _python(code, out, gate)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900
         while not (tmp_path / "gate.started").exists():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline
@@ -159,7 +159,7 @@ def test_resume_while_the_run_is_training_is_refused(tmp_path, capsys):
         assert f"in use by process {proc.pid}" in capsys.readouterr().err
     finally:
         gate.touch()
-        _, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err
     assert _keys(out) == EXPECTED[:2]
 
@@ -174,7 +174,7 @@ def test_two_launches_in_the_same_second_get_two_complete_folders(tmp_path):
     args = ["train", "--device", "cpu", "--set"] + [f"{k}={json.dumps(v)}" for k, v in
                                                     {**TINY, "students": ["backprop"]}.items()]
     procs = [_python(code, *args, cwd=tmp_path) for _ in range(2)]
-    outputs = [p.communicate(timeout=400) for p in procs]
+    outputs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     folders = [tmp_path / "runs" / "same-second", tmp_path / "runs" / "same-second-2"]
     printed = sorted(line for out, _ in outputs for line in out.splitlines() if line.startswith("run folder: "))
