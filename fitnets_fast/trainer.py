@@ -772,7 +772,8 @@ def evaluate_model_file(path: str, data_dir: Optional[str] = None, device: Optio
     try:
         model.load_state_dict(info["state_dict"])
     except RuntimeError as exc:   # missing, unexpected or mis-shaped weights
-        problem = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        lines = str(exc).splitlines()
+        problem = (lines[1] if len(lines) > 1 else lines[0]).strip().rstrip(".")
         raise CheckpointError(f"model file {str(path)!r}: its weights do not fit a {info['model']!r} model with "
                               f"{info['num_classes']} classes ({problem}); the file was edited or damaged, so "
                               f"use the one its run saved") from None

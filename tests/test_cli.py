@@ -175,6 +175,7 @@ def test_errors_are_one_line_and_leave_the_folder_consistent(tmp_path, capsys, m
     monkeypatch.undo()
     assert RunDir(out).load_checkpoint()["epoch"] == 1
     assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert "metrics.jsonl: dropped 1 record(s) written after the checkpoint" in capsys.readouterr().err
     assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
 
     # eval of a model file whose weights do not fit its model.
