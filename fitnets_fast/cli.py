@@ -4,7 +4,7 @@
 Examples::
 
     fitnets-fast train                                   # the digits preset: teacher, backprop, KD, FitNets
-    fitnets-fast train --preset cifar10 --data-dir data --set student=fitnet1 --set max_epochs=100
+    fitnets-fast train --preset cifar10 --data-dir data --set student=fitnet1 max_epochs=100
     fitnets-fast train --resume runs/digits-20260101-120000
     torchrun --nproc_per_node 2 -m fitnets_fast train --preset cifar10 --data-dir data   # 2 processes (DDP)
     torchrun --nproc_per_node 2 --no-python fitnets-fast train --preset cifar10 --data-dir data
@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = ["main", "build_parser"]
 
@@ -29,15 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fitnets-fast", description="FitNets: hints for thin deep nets.")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run a preset (default: digits) and print the result table")
-    t.add_argument("--preset", default="digits", choices=preset_names())
+    t.add_argument("--preset", default=None, choices=preset_names(), help="the settings to start from (digits)")
     t.add_argument("--data-dir", default=None, help="folder of the downloaded data sets (not needed for digits)")
-    t.add_argument("--out", default=None, help="run folder (default runs/<preset>-<UTC time>)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting (JSON value), e.g. --set lr=0.001 --set methods='[\"kd\"]'")
+    t.add_argument("--out", default=None,
+                   help="run folder (default runs/<preset>-<UTC time>, with a -2, -3, ... suffix if taken)")
+    t.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override settings (JSON values), e.g. --set lr=0.001 methods='[\"kd\"]'")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quiet", action="store_true", help="no progress bars (the table is still printed)")
+    t.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    t.add_argument("--quiet", action="store_true", help="no progress output (the table is still printed)")
     e = sub.add_parser("eval", help="test accuracy of a saved model file (models/<row>.pt of a run)")
     e.add_argument("checkpoint")
     e.add_argument("--data-dir", default=None)
@@ -52,26 +53,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args) -> int:
+def _run_settings(args) -> Dict[str, Any]:
+    """The keyword arguments of ``train`` from the command line; ``ValueError`` for a contradiction."""
     from .config import parse_overrides
-    from .distributed import DistributedFailure, is_main_process
-    from .run_files import CheckpointError, format_table
-    from .trainer import TrainingDiverged, default_out_dir, train
 
-    if args.resume and (args.overrides or args.out):
-        print("error: --resume uses the run's saved settings; drop --set/--out", file=sys.stderr)
-        return 2
+    overrides = parse_overrides([item for group in args.overrides for item in group])
+    if args.resume:
+        given = [flag for flag, value in (("--set", overrides), ("--out", args.out), ("--preset", args.preset),
+                                          ("--seed", args.seed)) if value not in (None, {})]
+        if given:
+            raise ValueError(f"--resume continues the run with its saved settings; drop {'/'.join(given)}")
+        return {"resume": args.resume}
+    if "preset" in overrides:
+        raise ValueError("choose the preset with --preset, not --set preset=...")
+    for key in ("seed", "device"):
+        flag = getattr(args, key)
+        if key in overrides and flag is not None and overrides[key] != flag:
+            raise ValueError(f"--{key} {flag} and --set {key}={overrides[key]} disagree; give one of them")
+        if flag is not None:
+            overrides[key] = flag
+    return {"preset": args.preset or "digits", "out_dir": args.out, **overrides}
+
+
+def _train(args) -> int:
+    from .distributed import DistributedFailure, is_main_process
+    from .run_files import CheckpointError, RunFolderError, RunInterrupted, format_table
+    from .trainer import TrainingDiverged, train
+
     try:
-        overrides = parse_overrides(args.overrides)
-        run_dir = args.resume or args.out or default_out_dir(args.preset)
-        if args.resume:
-            summary = train(resume=args.resume, data_dir=args.data_dir, device=args.device, quiet=args.quiet)
-        else:
-            summary = train(args.preset, out_dir=run_dir, data_dir=args.data_dir, device=args.device,
-                            seed=args.seed, quiet=args.quiet, **overrides)
+        settings = _run_settings(args)
+        summary = train(data_dir=args.data_dir, quiet=args.quiet, **settings)
+    except RunInterrupted as exc:
+        print(f"\n{exc.advice()}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the last checkpoint is intact; continue with "
-              f"`fitnets-fast train --resume {run_dir}`", file=sys.stderr)
+        print("\ninterrupted before a run folder was made; nothing was saved", file=sys.stderr)
         return 130
     except DistributedFailure as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -81,7 +97,7 @@ def _train(args) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
-    except (ValueError, TypeError, CheckpointError, TrainingDiverged, FileNotFoundError) as exc:
+    except (ValueError, TypeError, CheckpointError, RunFolderError, TrainingDiverged, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not is_main_process():   # torchrun: rank 0 alone prints the table

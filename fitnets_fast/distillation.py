@@ -10,8 +10,8 @@ import torch.nn as nn
 
 from . import models as _models
 from .config import Config, _apply
-from .run_files import CheckpointError, RunDir, load_model_file
-from .trainer import Models, default_out_dir, run
+from .run_files import CheckpointError, load_model_file
+from .trainer import Models, default_out_dir, new_run_dir, reopen_run_dir, run
 
 __all__ = ["distill"]
 
@@ -88,18 +88,16 @@ def distill(teacher: Union[nn.Module, str, Path], student: nn.Module, train: Dat
     if overlap:
         raise ValueError(f"set {overlap} through distill's own arguments")
     cfg = _apply(_apply(Config(), given), settings).validate()
-    out_dir = default_out_dir("distill") if out_dir is None else out_dir
-    run_dir = RunDir(out_dir)
-    ck = None
     if resume:
-        saved = run_dir.read_config()["config"]
-        if saved != cfg.to_dict():
-            diff = sorted(k for k in saved if saved[k] != cfg.to_dict().get(k))
+        if out_dir is None:
+            raise ValueError("resume=True needs the out_dir of the run to continue")
+        run_dir, saved, ck = reopen_run_dir(out_dir)
+        if saved["config"] != cfg.to_dict():
+            run_dir.release()
+            diff = sorted(k for k in saved["config"] if saved["config"][k] != cfg.to_dict().get(k))
             raise ValueError(f"resume=True needs the run's own settings; these differ from {out_dir!r}'s: {diff}")
-        ck = run_dir.load_checkpoint()
-    elif run_dir.last_path.exists() or run_dir.config_path.exists():
-        raise ValueError(f"out_dir {out_dir!r} already holds a run; continue it with resume=True or pick another "
-                         f"folder")
+    else:
+        run_dir, ck = new_run_dir(out_dir, default_out_dir("distill"), {"config": cfg.to_dict()}), None
     base = copy.deepcopy(student)
 
     def build(world, dev) -> Dict[str, Any]:

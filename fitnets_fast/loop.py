@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from .config import Config
 from .distributed import World
@@ -101,7 +101,7 @@ class Loop:
             torch.manual_seed(derive_seed(cfg.seed, row, stage, "train"))   # dropout etc.: independent of earlier tasks
             state = FitState()
         step = self.world.wrap(_TrainStep(method), self.device)
-        bar = tqdm(total=method.max_epochs, initial=state.epoch, desc=f"{row}/{stage}", disable=self.quiet)
+        bar = progress_bar(total=method.max_epochs, initial=state.epoch, desc=f"{row}/{stage}", disable=self.quiet)
         try:
             while state.epoch < method.max_epochs and not (method.patience is not None
                                                            and state.bad_epochs >= method.patience):
@@ -144,7 +144,7 @@ class Loop:
         if world.distributed:   # dropout masks: independent per process, reproducible per (stage, epoch)
             torch.manual_seed(derive_seed(cfg.seed, method.row, method.stage, state.epoch, "rank", world.rank))
         total = train.num_batches()
-        bar = tqdm(total=total, desc=f"  epoch {state.epoch}", leave=False, disable=self.quiet)
+        bar = progress_bar(total=total, desc=f"  epoch {state.epoch}", leave=False, disable=self.quiet)
         b = -1
         for b, (xb, yb, ids) in enumerate(world.shard(train.epoch(state.epoch))):
             method.before_step(state.updates)

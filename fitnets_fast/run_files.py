@@ -2,6 +2,8 @@
 
 Layout of ``RunDir(path)``::
 
+    run.json             the run id and the resolved settings, written when the folder is claimed
+    run.lock             the pid of the process running (or last running) the run; locked while it runs
     config.json          resolved settings (+ the models' per-layer settings), written once
     metrics.jsonl        one JSON object per epoch of every stage
     checkpoints/last.pt  everything needed to resume exactly (written atomically after every epoch)
@@ -10,27 +12,65 @@ Layout of ``RunDir(path)``::
     summary.json         the run's summary (what ``fitnets_fast.train`` returns)
     curves.png           training curves of every stage
 
-Every file is written to a temporary name in the same folder and renamed over the old one, so an
-interruption (Ctrl-C, a crash, a full disk) leaves the previous version intact.
+Guarantees:
+
+* Every file is written to a temporary name (``.<name>.<random>.tmp``) in the same folder and renamed over
+  the old one, so an interruption (Ctrl-C, kill -9, a crash, a full disk) leaves the previous version
+  intact; leftover temporary files are removed when the run starts or resumes. Files get the mode the
+  process umask gives any new file.
+* ``RunDir.create`` claims a fresh folder atomically (a ``-2``, ``-3``, ... suffix when the default name is
+  taken) and ``RunDir.claim`` locks an existing one (``fcntl.flock``, released by the OS when the process
+  dies): one process at a time runs a folder, and a second one is refused with the holder's pid.
+* Checkpoints carry the run id; a checkpoint from another run is refused before any file is changed.
+* ``RunDir.repair_metrics`` brings ``metrics.jsonl`` back to the records a checkpoint covers (dropping later
+  records and a partial last line, and saying so) before a resume appends to it.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
-import tempfile
+import secrets
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["CheckpointError", "RunDir", "atomic_write", "save_model", "load_model_file", "format_table"]
+__all__ = ["CheckpointError", "RunFolderError", "RunInterrupted", "RunDir", "atomic_write", "save_model",
+           "load_model_file", "format_table"]
 
 CHECKPOINT_FORMAT = "fitnets_fast/run-checkpoint-v1"
+RUN_FORMAT = "fitnets_fast/run-v1"
+TMP_SUFFIX = ".tmp"
 MODEL_FORMAT = "fitnets_fast/model-v1"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, corrupt or of the wrong kind."""
+    """A checkpoint is missing, unreadable, corrupt, of the wrong kind or from another run."""
+
+
+class RunFolderError(RuntimeError):
+    """A run folder cannot be used: it is not a folder, not writable, or another process is running it."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C. ``run_dir``: its folder; ``has_checkpoint``: whether ``--resume`` continues
+    from a saved epoch (else it starts the run again from the beginning with the saved settings)."""
+
+    def __init__(self, run_dir: str, has_checkpoint: bool):
+        super().__init__(run_dir)
+        self.run_dir, self.has_checkpoint = run_dir, has_checkpoint
+
+    def advice(self) -> str:
+        """One sentence on the state of the folder and how to continue."""
+        if self.has_checkpoint:
+            return (f"interrupted: the last checkpoint is intact; continue with "
+                    f"`fitnets-fast train --resume {self.run_dir}`")
+        return (f"interrupted before the first checkpoint: nothing was saved yet; "
+                f"`fitnets-fast train --resume {self.run_dir}` starts this run again from the beginning")
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -41,7 +81,13 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:   # mode 0o666 masked by the umask, like any new file (not mkstemp's 0o600)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -84,59 +130,219 @@ def load_model_file(path: Path, map_location="cpu") -> Dict[str, Any]:
     return _load(Path(path), MODEL_FORMAT, map_location)
 
 
+def _folder_error(path: Path, exc: OSError) -> RunFolderError:
+    """A one-sentence error for an OS failure to create or write the run folder ``path``."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return RunFolderError(f"{str(path)!r} (or a folder above it) is a file, not a folder; give a folder path")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RunFolderError(f"cannot write in {str(path)!r}: {exc.strerror}; choose a writable folder")
+    return RunFolderError(f"cannot use {str(path)!r}: {exc.strerror or exc}")
+
+
+def _mkdirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _folder_error(path, exc) from exc
+
+
 class RunDir:
-    """The files of one run (see the module docstring)."""
+    """The files of one run (see the module docstring).
+
+    ``RunDir(path)`` only names the files; ``RunDir.create`` (a new run) and ``claim`` (a resume) also lock
+    the folder for this process until ``release``.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
+        self.run_path = self.path / "run.json"
+        self.lock_path = self.path / "run.lock"
         self.config_path = self.path / "config.json"
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
         self.plot_path = self.path / "curves.png"
         self.last_path = self.path / "checkpoints" / "last.pt"
         self.best_path = self.path / "checkpoints" / "best.pt"
+        self._lock_fd: Optional[int] = None
+        self._run_id: Optional[str] = None
 
     def model_path(self, row: str) -> Path:
         return self.path / "models" / f"{row}.pt"
+
+    # -- claiming the folder ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Optional[str], *, default: str, settings: Dict[str, Any]) -> "RunDir":
+        """Claim a folder for a new run, lock it, and write ``run.json`` (a fresh run id and ``settings``).
+
+        ``path``: the folder wanted; it may exist if it holds no run. None: ``default`` is created, or
+        ``default-2``, ``default-3``, ... when taken (one atomic ``mkdir`` each), so two processes started at
+        the same time never share a folder. Raises ``ValueError`` when ``path`` already holds a run and
+        ``RunFolderError`` when it cannot be created or written, or another process has it locked.
+        """
+        if path is None:
+            base = Path(default)
+            _mkdirs(base.parent)
+            n = 1
+            while True:
+                folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+                try:
+                    os.mkdir(folder)
+                    break
+                except FileExistsError:
+                    n += 1
+                except OSError as exc:
+                    raise _folder_error(folder, exc) from exc
+        else:
+            folder = Path(path)
+            _mkdirs(folder)
+        run = cls(folder)
+        run._lock()
+        try:
+            if run.holds_run():
+                raise ValueError(f"{str(folder)!r} already holds a run; resume it (--resume / resume=) or pick "
+                                 f"another folder")
+            run.remove_tmp()
+            run._run_id = uuid.uuid4().hex
+            run.write_json(run.run_path, {"format": RUN_FORMAT, "run_id": run._run_id,
+                                          "created": datetime.now(timezone.utc).isoformat(), **settings})
+        except BaseException:
+            run.release()
+            raise
+        return run
+
+    def claim(self) -> List[Path]:
+        """Lock an existing run folder for this process (to resume it) and remove leftover temporary files
+        (returned). Raises ``CheckpointError`` when ``path`` is not a run folder and ``RunFolderError`` when
+        another process has it locked or it is not writable."""
+        if not self.path.is_dir() or not (self.run_path.is_file() or self.config_path.is_file()):
+            raise CheckpointError(f"{str(self.path)!r} is not a run folder (no run.json or config.json)")
+        self._lock()
+        try:
+            return self.remove_tmp()
+        except OSError as exc:
+            self.release()
+            raise _folder_error(self.path, exc) from exc
+
+    def _lock(self) -> None:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise _folder_error(self.path, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "(pid not yet written)"
+            os.close(fd)
+            raise RunFolderError(f"{str(self.path)!r} is in use by process {holder} (its run or a resume is "
+                                 f"still going); wait for it to end or stop it, then resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Unlock the folder (also done by the OS when the process ends). ``run.lock`` stays, naming the last
+        holder; removing it would let two processes lock different files."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def holds_run(self) -> bool:
+        """Whether the folder holds (the start of) a run."""
+        return any(p.exists() for p in (self.run_path, self.config_path, self.last_path))
+
+    def has_results(self) -> bool:
+        """Whether the folder holds results that only a checkpoint accounts for: a summary, a model file, or
+        more metrics records than the single one a stop in the first epoch (before its checkpoint) leaves."""
+        return (self.summary_path.exists() or any(self.model_path("x").parent.glob("*.pt"))
+                or len(self.read_metrics()) > 1)
+
+    def remove_tmp(self) -> List[Path]:
+        """Delete the temporary files of interrupted atomic writes; returns their paths."""
+        removed = []
+        for folder in (self.path, self.last_path.parent, self.model_path("x").parent):
+            if folder.is_dir():
+                for f in folder.glob(f".*{TMP_SUFFIX}"):
+                    f.unlink(missing_ok=True)
+                    removed.append(f)
+        return removed
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The id written in ``run.json`` at creation (None for a folder made before run ids existed)."""
+        if self._run_id is None and self.run_path.is_file():
+            self._run_id = json.loads(self.run_path.read_text())["run_id"]
+        return self._run_id
 
     # -- JSON ---------------------------------------------------------------------------------------
     def write_json(self, path: Path, obj: Any) -> None:
         atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2)), mode="w")
 
     def read_config(self) -> Dict[str, Any]:
-        if not self.config_path.is_file():
-            raise CheckpointError(f"{str(self.path)!r} is not a run folder (no config.json)")
-        return json.loads(self.config_path.read_text())
+        """``config.json``; for a run stopped before writing it, the settings saved in ``run.json``."""
+        if self.config_path.is_file():
+            return json.loads(self.config_path.read_text())
+        if self.run_path.is_file():
+            return json.loads(self.run_path.read_text())
+        raise CheckpointError(f"{str(self.path)!r} is not a run folder (no run.json or config.json)")
 
     # -- metrics ------------------------------------------------------------------------------------
     def append_metrics(self, record: Dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def read_metrics(self) -> List[Dict[str, Any]]:
+    def _parse_metrics(self) -> Tuple[List[Dict[str, Any]], bytes]:
+        """The complete records of ``metrics.jsonl`` and the bytes after its last newline (a partial line)."""
         if not self.metrics_path.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+            return [], b""
+        *lines, tail = self.metrics_path.read_bytes().split(b"\n")
+        records = []
+        for i, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError as exc:
+                    raise CheckpointError(f"{str(self.metrics_path)!r} line {i} is not JSON ({exc}); "
+                                          f"delete that line or start a new run") from exc
+        return records, tail.strip()
 
-    def truncate_metrics(self, n: int) -> None:
-        """Keep the first ``n`` records (those covered by the checkpoint being resumed)."""
-        records = self.read_metrics()
+    def read_metrics(self) -> List[Dict[str, Any]]:
+        """Every complete record (a partial last line, from an interrupted append, is left out)."""
+        return self._parse_metrics()[0]
+
+    def repair_metrics(self, n: int) -> Optional[str]:
+        """Keep the first ``n`` records (those covered by the checkpoint being resumed), dropping later ones
+        and a partial last line; returns a sentence saying what was dropped (None when nothing was)."""
+        records, partial = self._parse_metrics()
         if len(records) < n:
             raise CheckpointError(f"{str(self.metrics_path)!r} has {len(records)} records, the checkpoint "
-                                  f"expects at least {n}")
+                                  f"expects at least {n}; the folder was edited, so start a new run")
+        dropped = len(records) - n
+        if not dropped and not partial:
+            return None
         atomic_write(self.metrics_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records[:n])),
                      mode="w")
+        what = [f"{dropped} record(s) written after the checkpoint"] if dropped else []
+        what += [f"a partial last line ({len(partial)} bytes)"] if partial else []
+        return f"{self.metrics_path}: dropped {' and '.join(what)}"
 
     # -- checkpoints --------------------------------------------------------------------------------
     def save_checkpoint(self, state: Dict[str, Any], best: Optional[Dict[str, Any]] = None) -> None:
-        """Atomically write ``last.pt`` (and ``best.pt`` first, when given)."""
+        """Atomically write ``last.pt`` (and ``best.pt`` first, when given), stamped with the run id."""
+        stamp = {"run_id": self.run_id}
         if best is not None:
-            atomic_write(self.best_path, lambda f: torch.save({"format": CHECKPOINT_FORMAT + "/best", **best}, f))
-        atomic_write(self.last_path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
+            atomic_write(self.best_path,
+                         lambda f: torch.save({"format": CHECKPOINT_FORMAT + "/best", **stamp, **best}, f))
+        atomic_write(self.last_path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **stamp, **state}, f))
 
     def load_checkpoint(self, map_location="cpu") -> Dict[str, Any]:
-        """Read ``last.pt``; raises ``CheckpointError`` when missing, corrupt or of another kind."""
-        return _load(self.last_path, CHECKPOINT_FORMAT, map_location)
+        """Read ``last.pt``; raises ``CheckpointError`` when missing, corrupt, of another kind or written by
+        another run (its run id differs from ``run.json``'s)."""
+        ck = _load(self.last_path, CHECKPOINT_FORMAT, map_location)
+        if ck.get("run_id") != self.run_id:
+            raise CheckpointError(f"checkpoint {str(self.last_path)!r} belongs to another run (run id "
+                                  f"{ck.get('run_id')}, this folder's is {self.run_id}); put this run's own "
+                                  f"last.pt back or start a new run")
+        return ck
 
     # -- plot ---------------------------------------------------------------------------------------
     def plot(self, records: List[Dict[str, Any]]) -> None:

@@ -26,6 +26,7 @@ frozen teacher's logits and hint maps are computed once per split.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,26 +39,32 @@ from . import features
 from . import models as _models
 from . import regressors
 from .config import Config, make_config
-from .distributed import World, launch
+from .distributed import World, is_main_process, launch
 from .feed import TeacherOutputs, TensorSplit, accuracy_and_loss, as_split
 from .loop import FitState, Loop, TrainingDiverged, derive_seed
 from .methods import Hints, Method, Setup, Teacher, row_methods
-from .run_files import RunDir, format_table, load_model_file, save_model
+from .run_files import (CheckpointError, RunDir, RunFolderError, RunInterrupted, format_table, load_model_file,
+                        save_model)
 
 __all__ = ["train", "default_out_dir", "evaluate_model_file", "TrainingDiverged", "resolve_device", "Models",
            "run"]
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
-    """``"auto"``/None: CUDA when available, else CPU; otherwise ``torch.device(device)`` (CUDA checked)."""
+    """``"auto"``/None: CUDA when available, else CPU; ``"cpu"``/``"cuda[:N]"``: that device, checked to exist.
+    Anything else (``"mps"``, a typo) raises ``ValueError``."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
 
 
@@ -330,8 +337,6 @@ class _Run:
             self.train_seconds = ck["train_seconds"]
             if ck.get("scaler"):
                 self.loop.scaler.load_state_dict(ck["scaler"])
-            if self.world.is_main:
-                self.run.truncate_metrics(self.n_metrics)
             self.models.teacher.load_state_dict(ck["teacher"])
             if first > 0:
                 self._freeze_teacher()
@@ -395,8 +400,16 @@ def run(cfg: Config, run_dir: RunDir, ck: Optional[Dict[str, Any]], build: Calla
             if ck is None and world.is_main:
                 r.start(extra)
             summary = r.execute(ck)
+    except KeyboardInterrupt:   # say whether --resume continues from a checkpoint
+        raise RunInterrupted(str(run_dir.path), run_dir.last_path.exists()) from None
+    except OSError as exc:      # a full disk, a lost permission (data not found has its own message)
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise RunFolderError(f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}; the run "
+                             f"folder keeps its last checkpoint: fix this, then resume it") from exc
     finally:
         torch.set_num_threads(threads)
+        run_dir.release()
     if not quiet and world.is_main:
         print(format_table(summary))
     return summary
@@ -443,6 +456,40 @@ def _preset_parts(cfg: Config, data_dir: Optional[str], world: World, device: to
                 describe=prepared.describe, num_classes=num_classes, augment=augment)
 
 
+def new_run_dir(out_dir: Optional[str], default: str, settings: Dict[str, Any]) -> RunDir:
+    """The folder of a new run: claimed and locked by the main process before any data are loaded
+    (``RunDir.create``: ``default``, or ``default-2``, ... when taken, if ``out_dir`` is None); other
+    torchrun processes only name it (they never write to it)."""
+    if is_main_process():
+        return RunDir.create(out_dir, default=default, settings=settings)
+    return RunDir(default if out_dir is None else out_dir)
+
+
+def reopen_run_dir(path: str) -> Tuple[RunDir, Dict[str, Any], Optional[Dict[str, Any]]]:
+    """``(run folder, saved settings, checkpoint or None)`` of a run to resume. The main process locks the
+    folder, removes leftover temporary files and, once the checkpoint is known to be this run's, drops
+    metrics records past it (saying so). A run stopped before its first checkpoint gives None: it starts
+    again from the beginning with its saved settings."""
+    run_dir = RunDir(path)
+    main = is_main_process()
+    if main:
+        run_dir.claim()
+    try:
+        saved = run_dir.read_config()
+        ck = run_dir.load_checkpoint() if run_dir.last_path.exists() or run_dir.has_results() else None
+        if main:
+            if ck is None:
+                print(f"{run_dir.path} has no checkpoint: starting the run again from the beginning with its "
+                      f"saved settings", file=sys.stderr)
+            note = run_dir.repair_metrics(0 if ck is None else ck["n_metrics"])
+            if note:
+                print(note, file=sys.stderr)
+    except BaseException:
+        run_dir.release()
+        raise
+    return run_dir, saved, ck
+
+
 def default_out_dir(preset: str) -> str:
     """``runs/<preset>-<UTC time>``: the run folder used when none is given."""
     return str(Path("runs") / f"{preset}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}")
@@ -454,13 +501,16 @@ def train(preset: str = "digits", out_dir: Optional[str] = None, data_dir: Optio
     """Run ``preset`` (see ``fitnets_fast.config.PRESETS``) with ``overrides`` (any ``Config`` field) and
     return the summary dict (also written to ``<out_dir>/summary.json``).
 
-    ``out_dir``: the run folder (default ``runs/<preset>-<UTC time>``; must not hold a run already).
-    ``data_dir``: root of the downloaded data sets (digits and synthetic need none). ``device``: "auto"
-    (default: CUDA if available), "cpu", "cuda". ``resume``: a run folder to continue from its last
-    checkpoint (the saved config is used; ``preset`` and ``overrides`` must not be given, ``device`` and
-    ``data_dir`` may). ``quiet``: no progress bars. ``callback(record)``: called after each epoch's
-    checkpoint with that epoch's metrics record. Raises ``TrainingDiverged`` on a NaN/inf loss and
-    ``CheckpointError`` when a resume checkpoint is missing or corrupt.
+    ``out_dir``: the run folder (must not hold a run already); default ``runs/<preset>-<UTC time>``, with a
+    ``-2``, ``-3``, ... suffix when another run took that name. The folder is claimed and locked before any
+    data are loaded (``RunDir.create``). ``data_dir``: root of the downloaded data sets (digits and synthetic
+    need none). ``device``: "auto" (default: CUDA if available), "cpu", "cuda". ``resume``: a run folder to
+    continue from its last checkpoint (the saved config is used; ``preset`` and ``overrides`` must not be
+    given, ``device`` and ``data_dir`` may); a run stopped before its first checkpoint starts again from the
+    beginning. ``quiet``: no progress bars. ``callback(record)``: called after each epoch's checkpoint with
+    that epoch's metrics record. Raises ``TrainingDiverged`` on a NaN/inf loss, ``CheckpointError`` when a
+    resume checkpoint is corrupt or from another run, ``RunFolderError`` when the folder cannot be written
+    or another process is running it, and ``RunInterrupted`` (a ``KeyboardInterrupt``) on Ctrl-C.
 
     Launched by torchrun (``RANK``, ``WORLD_SIZE``, ... set), every process calls this with the same
     arguments; ``batch_size`` is the global batch (a multiple of the number of processes, else
@@ -471,18 +521,18 @@ def train(preset: str = "digits", out_dir: Optional[str] = None, data_dir: Optio
     if resume is not None:
         if overrides:
             raise ValueError(f"resume takes the saved config; got overrides {sorted(overrides)}")
-        run_dir = RunDir(resume)
-        saved = run_dir.read_config()
-        cfg = Config.from_dict(dict(saved["config"], **({"device": device} if device else {})))
-        ck = run_dir.load_checkpoint()
+        run_dir, saved, ck = reopen_run_dir(resume)
+        try:
+            cfg = Config.from_dict(dict(saved["config"], **({"device": device} if device else {})))
+            resolve_device(cfg.device)
+        except BaseException:
+            run_dir.release()
+            raise
         data_dir = data_dir if data_dir is not None else saved.get("data_dir")
     else:
         cfg = make_config(preset, seed=seed, **({"device": device} if device else {}), **overrides)
-        out_dir = default_out_dir(preset) if out_dir is None else out_dir
-        run_dir = RunDir(out_dir)
-        if run_dir.last_path.exists() or run_dir.config_path.exists():
-            raise ValueError(f"out_dir {out_dir!r} already holds a run; resume it with resume={out_dir!r} or "
-                             f"pick another folder")
+        resolve_device(cfg.device)   # a bad device is refused before a run folder is made
+        run_dir = new_run_dir(out_dir, default_out_dir(preset), {"config": cfg.to_dict(), "data_dir": data_dir})
         ck = None
     return run(cfg, run_dir, ck, lambda world, dev: _preset_parts(cfg, data_dir, world, dev), quiet=quiet,
                callback=callback, extra={"data_dir": data_dir})
@@ -503,7 +553,14 @@ def evaluate_model_file(path: str, data_dir: Optional[str] = None, device: Optio
     prepared = _data.prepare(d["dataset"], data_dir, validation=d["validation"], preprocessing=d["preprocessing"],
                              device=dev, **d["options"])
     model = _models.build(info["model"], info["num_classes"], **info["options"]).to(dev)
-    model.load_state_dict(info["state_dict"])
+    try:
+        model.load_state_dict(info["state_dict"])
+    except RuntimeError as exc:   # missing, unexpected or mis-shaped weights
+        lines = str(exc).splitlines()
+        problem = (lines[1] if len(lines) > 1 else lines[0]).strip().rstrip(".")
+        raise CheckpointError(f"model file {str(path)!r}: its weights do not fit a {info['model']!r} model with "
+                              f"{info['num_classes']} classes ({problem}); the file was edited or damaged, so "
+                              f"use the one its run saved") from None
     out = {"path": str(path), "model": info["model"], "role": info["role"], "dataset": d["dataset"],
            "test_acc": accuracy_and_loss(model, TensorSplit(*prepared.test), batch_size)[0]}
     out["params"], out["mults"] = _size(model)

@@ -212,14 +212,14 @@ def test_checkpoint_missing_or_corrupt_gives_clear_error_and_previous_survives(t
         run.load_checkpoint()
 
 
-def test_metrics_truncate_and_table(tmp_path):
+def test_metrics_repair_and_table(tmp_path):
     run = RunDir(tmp_path)
     for e in range(3):
         run.append_metrics({"row": "kd", "stage": "kd", "epoch": e + 1, "train_loss": 1.0 / (e + 1)})
-    run.truncate_metrics(2)
+    assert run.repair_metrics(2) == f"{run.metrics_path}: dropped 1 record(s) written after the checkpoint"
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
     with pytest.raises(CheckpointError):
-        run.truncate_metrics(5)
+        run.repair_metrics(5)
     table = format_table({"rows": [
         {"row": "teacher", "model": "t", "test_acc_best": 0.9, "test_acc_last": 0.85, "epochs": 3,
          "params": 12345, "mults": 2.5e6, "speedup": 1.0}]})

@@ -100,7 +100,7 @@ def read_pickle(path: str, expected: str) -> dict:
         with open(path, "rb") as f:
             obj = _DataUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, UnicodeDecodeError) as exc:
+            KeyError, MemoryError, UnicodeDecodeError, OverflowError) as exc:   # damaged frames raise any of these
         raise CorruptFileError(path, f"cannot unpickle ({type(exc).__name__}: {exc})", expected) from exc
     if not isinstance(obj, dict):
         raise CorruptFileError(path, f"holds a {type(obj).__name__}, not a dict", expected)
