@@ -2,7 +2,8 @@
 
 Examples::
 
-    fitnets-fast train                                   # the digits preset: teacher, backprop, KD, FitNets
+    fitnets-fast train                                   # the digits preset, seeds 0, 1, 2: mean ± std table
+    fitnets-fast train --seed 5                          # one digits run (teacher, backprop, KD, FitNets)
     fitnets-fast train --preset cifar10 --data-dir data --set student=fitnet1 --set max_epochs=100
     fitnets-fast train --resume runs/digits-20260101-120000
     torchrun --nproc_per_node 2 -m fitnets_fast train --preset cifar10 --data-dir data   # 2 processes (DDP)
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a setting (JSON value), e.g. --set lr=0.001 --set students='[\"kd\"]'")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=None, help="one run with this seed (default 0)")
+    t.add_argument("--seeds", default=None, metavar="LIST",
+                   help="one run per seed, e.g. 0,1,2, then mean ± std (digits default: 0,1,2)")
     t.add_argument("--quiet", action="store_true", help="no progress bars (the table is still printed)")
     e = sub.add_parser("eval", help="test accuracy of a saved model file (models/<row>.pt of a run)")
     e.add_argument("checkpoint")
@@ -45,22 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
+    from . import train
     from .config import parse_overrides
+    from .seeds import default_seeds, parse_seeds
     from .distributed import DistributedFailure, is_main_process
     from .run_files import CheckpointError, format_table
-    from .trainer import TrainingDiverged, default_out_dir, train
+    from .trainer import TrainingDiverged, default_out_dir
 
     if args.resume and (args.overrides or args.out):
         print("error: --resume uses the run's saved settings; drop --set/--out", file=sys.stderr)
         return 2
+    if args.resume and (args.seed is not None or args.seeds):
+        print("error: --resume uses the run's saved seeds; drop --seed/--seeds", file=sys.stderr)
+        return 2
+    if args.seed is not None and args.seeds:
+        print("error: give --seed (one run) or --seeds (several), not both", file=sys.stderr)
+        return 2
     try:
         overrides = parse_overrides(args.overrides)
+        seeds = parse_seeds(args.seeds) if args.seeds else (
+            default_seeds(args.preset) if args.seed is None else None)
         run_dir = args.resume or args.out or default_out_dir(args.preset)
         if args.resume:
             summary = train(resume=args.resume, data_dir=args.data_dir, device=args.device, quiet=args.quiet)
         else:
+            one = {} if seeds else {"seed": args.seed or 0}
             summary = train(args.preset, out_dir=run_dir, data_dir=args.data_dir, device=args.device,
-                            seed=args.seed, quiet=args.quiet, **overrides)
+                            seeds=seeds, quiet=args.quiet, **one, **overrides)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint is intact; continue with "
               f"`fitnets-fast train --resume {run_dir}`", file=sys.stderr)

@@ -45,6 +45,8 @@ class Config:
     students: List[str] = field(default_factory=lambda: ["backprop", "kd", "fitnets"])
     # teacher recipe (Goodfellow et al. maxout: SGD + momentum)
     teacher_checkpoint: Optional[str] = None  # load this trained teacher instead of training one
+    shared_teacher: bool = False              # several seeds (fitnets_fast.seeds): the first seed trains the
+    #                                           teacher, the others load it; False: every seed trains its own
     teacher_lr: float = 0.17
     teacher_lr_schedule: str = "linear"       # "linear" (LinearDecayOverEpoch), "exponential" (per update), "constant"
     teacher_lr_start: int = 1
