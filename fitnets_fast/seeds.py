@@ -16,7 +16,8 @@ through ``teacher_checkpoint``: only the students vary (the teacher row then has
 ``teacher_checkpoint`` already set shares that teacher in the same way.
 
 Seeds run in parallel worker processes (``workers``, default one per CPU core up to the number of seeds;
-each worker's torch uses ``cores // workers`` threads unless the config sets ``num_threads``); with
+each worker's torch uses ``cores // workers`` threads unless the config sets ``num_threads``; forked on
+Linux unless CUDA is already initialised, else spawned); with
 ``workers=1`` they run one after the other in this process (progress bars and ``callback`` work then). A
 shared teacher's seed runs first, alone. ``train_seeds(resume=RUN_DIR)`` finishes every seed: a finished
 seed (``summary.json``) is read, an interrupted one resumed from its checkpoint, one not started (or stopped
@@ -30,7 +31,7 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+import multiprocessing
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -136,6 +137,16 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _context():
+    """Fork where it is safe (no CUDA context yet): workers start at once, with torch already imported, where
+    a spawned worker imports it again (seconds each, minutes on a busy machine). Else spawn."""
+    import torch
+
+    if "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 def _run_jobs(jobs: List[Dict[str, Any]], workers: int, threads: int, quiet: bool,
               callback: Optional[Callable[[Dict[str, Any]], None]]) -> Dict[int, Dict[str, Any]]:
     """Every job's summary by seed: in this process when ``workers == 1``, else in worker processes."""
@@ -144,7 +155,7 @@ def _run_jobs(jobs: List[Dict[str, Any]], workers: int, threads: int, quiet: boo
         for job in jobs:
             out[job["seed"]] = _seed_summary(job, quiet, callback)
         return out
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_init,
                                initargs=(threads,))
     try:
         futures = {job["seed"]: pool.submit(_worker, job) for job in jobs}
@@ -225,6 +236,7 @@ def train_seeds(preset: str = "digits", out_dir: Optional[str] = None, data_dir:
     jobs = [{"seed": s, "dir": str(seed_dir(run.path, s)), "preset": preset, "data_dir": data_dir,
              "device": device, "overrides": dict(overrides)} for s in seeds]
     teacher_source = "each seed trains its own teacher"
+    teacher_shared = cfg.teacher_checkpoint is not None or cfg.shared_teacher
     summaries: Dict[int, Dict[str, Any]] = {}
     if cfg.teacher_checkpoint is not None:
         teacher_source = f"every seed loads the teacher {cfg.teacher_checkpoint}"
@@ -239,7 +251,7 @@ def train_seeds(preset: str = "digits", out_dir: Optional[str] = None, data_dir:
     summaries.update(_run_jobs(jobs, min(workers, max(len(jobs), 1)), threads, quiet, callback))
 
     per_seed = [summaries[s] for s in seeds]
-    summary = _aggregate_runs(per_seed, seeds, teacher_shared=teacher_source != "each seed trains its own teacher")
+    summary = _aggregate_runs(per_seed, seeds, teacher_shared=teacher_shared)
     summary.update(preset=preset, run_dir=str(run.path), teacher_source=teacher_source,
                    wall_seconds=round(time.perf_counter() - t0, 2),
                    files={"manifest": str(run.path / MANIFEST), "summary": str(run.summary_path),
