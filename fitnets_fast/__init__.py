@@ -5,7 +5,8 @@
 * ``fitnets_fast.reference``: the plain-PyTorch spec of every op.
 * ``fitnets_fast.nn``: module wrappers; ``fitnets_fast.models``: every network of the paper.
 * ``fitnets_fast.data``: offline loaders, the paper's preprocessing, device-side augmentation.
-* ``fitnets_fast.train(...)``: a preset run (teacher, hints, KD, baselines).
+* ``fitnets_fast.train(...)``: a preset run (teacher, hints, KD, baselines); ``seeds=[...]`` repeats it over
+  seeds and reports mean ± std (``fitnets_fast.seeds``).
 * ``fitnets_fast.distill(teacher, student, train, ...)``: FitNets and its baselines for networks of your own.
 * ``fitnets_fast.suggest_hints(teacher, student)``: candidate hint/guided layer pairs, best first.
 """
@@ -27,8 +28,22 @@ def suggest_hints(*args, **kwargs):
     return _suggest(*args, **kwargs)
 
 
-def train(*args, **kwargs):
-    """Run a training preset; see ``fitnets_fast.trainer.train`` for the arguments."""
+def train(*args, seeds=None, **kwargs):
+    """Run a training preset; see ``fitnets_fast.trainer.train`` for the arguments.
+
+    ``seeds=[0, 1, 2]`` runs the preset once per seed (one sub-folder each) and returns the aggregate
+    (mean ± sample std of every row); ``workers=`` then sets how many seeds run at once. See
+    ``fitnets_fast.seeds.train_seeds``. ``resume=`` a multi-seed run folder finishes that run.
+    """
+    from . import seeds as _seeds
+
+    resume = kwargs.get("resume")
+    if seeds is not None or (resume is not None and _seeds.is_multi_seed_run(resume)):
+        if "seed" in kwargs or len(args) > 4:
+            raise ValueError("give either seed= (one run) or seeds= (several), not both")
+        if seeds is not None:
+            kwargs["seeds"] = seeds
+        return _seeds.train_seeds(*args, **kwargs)
     from .trainer import train as _train
 
     return _train(*args, **kwargs)

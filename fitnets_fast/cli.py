@@ -3,7 +3,8 @@
 
 Examples::
 
-    fitnets-fast train                                   # the digits preset: teacher, backprop, KD, FitNets
+    fitnets-fast train                                   # the digits preset, seeds 0, 1, 2: mean ± std table
+    fitnets-fast train --seed 5                          # one digits run (teacher, backprop, KD, FitNets)
     fitnets-fast train --preset cifar10 --data-dir data --set student=fitnet1 max_epochs=100
     fitnets-fast train --resume runs/digits-20260101-120000
     torchrun --nproc_per_node 2 -m fitnets_fast train --preset cifar10 --data-dir data   # 2 processes (DDP)
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override settings (JSON values), e.g. --set lr=0.001 methods='[\"kd\"]'")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    t.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    t.add_argument("--seed", type=int, default=None, help="one run with this seed (default 0)")
+    t.add_argument("--seeds", default=None, metavar="LIST",
+                   help="one run per seed, e.g. 0,1,2, then mean ± std (digits default: 0,1,2)")
     t.add_argument("--quiet", action="store_true", help="no progress output (the table is still printed)")
     e = sub.add_parser("eval", help="test accuracy of a saved model file (models/<row>.pt of a run)")
     e.add_argument("checkpoint")
@@ -54,13 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_settings(args) -> Dict[str, Any]:
-    """The keyword arguments of ``train`` from the command line; ``ValueError`` for a contradiction."""
+    """The keyword arguments of ``fitnets_fast.train`` from the command line; ``ValueError`` for a
+    contradiction. Without ``--seed``/``--seeds`` a preset may run several seeds by default (digits: 0, 1, 2)."""
     from .config import parse_overrides
+    from .seeds import default_seeds, parse_seeds
 
     overrides = parse_overrides([item for group in args.overrides for item in group])
     if args.resume:
         given = [flag for flag, value in (("--set", overrides), ("--out", args.out), ("--preset", args.preset),
                                           ("--seed", args.seed)) if value not in (None, {})]
+        given += ["--seeds"] if args.seeds else []
         if given:
             raise ValueError(f"--resume continues the run with its saved settings; drop {'/'.join(given)}")
         return {"resume": args.resume}
@@ -72,13 +78,21 @@ def _run_settings(args) -> Dict[str, Any]:
             raise ValueError(f"--{key} {flag} and --set {key}={overrides[key]} disagree; give one of them")
         if flag is not None:
             overrides[key] = flag
-    return {"preset": args.preset or "digits", "out_dir": args.out, **overrides}
+    preset = args.preset or "digits"
+    if args.seeds:
+        if "seed" in overrides:
+            raise ValueError("give --seed (one run) or --seeds (several), not both")
+        return {"preset": preset, "out_dir": args.out, "seeds": parse_seeds(args.seeds), **overrides}
+    if "seed" not in overrides and default_seeds(preset) is not None:
+        return {"preset": preset, "out_dir": args.out, "seeds": default_seeds(preset), **overrides}
+    return {"preset": preset, "out_dir": args.out, **overrides}
 
 
 def _train(args) -> int:
+    from . import train
     from .distributed import DistributedFailure, is_main_process
     from .run_files import CheckpointError, RunFolderError, RunInterrupted, format_table
-    from .trainer import TrainingDiverged, train
+    from .trainer import TrainingDiverged
 
     try:
         settings = _run_settings(args)

@@ -345,40 +345,78 @@ class RunDir:
         return ck
 
     # -- plot ---------------------------------------------------------------------------------------
-    def plot(self, records: List[Dict[str, Any]]) -> None:
-        """Training curves: one panel per (row, stage); losses on the left axis, accuracies on the right."""
+    def plot(self, *runs: List[Dict[str, Any]]) -> None:
+        """Training curves of one run (``plot(records)``) or of several seeds (``plot(records_0, records_1, ...)``,
+        each the ``read_metrics()`` list of one seed's run).
+
+        The first panel sets the rows side by side: each row's validation accuracy (test accuracy when the run
+        has no validation split) over the epochs of its accuracy-reporting stage (stage 2 for FitNets). Then one
+        panel per (row, stage): losses on the left axis (log scale), accuracies on the right. With several seeds
+        each curve is the mean over the seeds that reached that epoch, in a band from their minimum to maximum.
+        """
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        series: Dict[str, List[Dict[str, Any]]] = {}
-        for r in records:
-            series.setdefault(f"{r['row']} / {r['stage']}", []).append(r)
+        # series[(row, stage)][key][epoch] -> the values of that epoch over the seeds
+        series: Dict[tuple, Dict[str, Dict[int, List[float]]]] = {}
+        for records in runs:
+            for r in records:
+                keys = series.setdefault((r["row"], r["stage"]), {})
+                for key in ("train_loss", "valid_loss", "train_acc", "valid_acc", "test_acc"):
+                    if r.get(key) is not None:
+                        keys.setdefault(key, {}).setdefault(r["epoch"], []).append(r[key])
         if not series:
             return
-        cols = min(3, len(series))
-        rows = (len(series) + cols - 1) // cols
+        seeds = f" (mean over {len(runs)} seeds, band: min-max)" if len(runs) > 1 else ""
+
+        def draw(ax, by_epoch: Dict[int, List[float]], style: str, label: str, color=None):
+            ep = sorted(by_epoch)
+            mean = [sum(by_epoch[e]) / len(by_epoch[e]) for e in ep]
+            line, = ax.plot(ep, mean, style, label=label, color=color, marker="o" if len(ep) == 1 else None)
+            if len(runs) > 1:
+                ax.fill_between(ep, [min(by_epoch[e]) for e in ep], [max(by_epoch[e]) for e in ep],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
+
+        n_panels = len(series) + 1
+        cols = min(3, n_panels)
+        rows = (n_panels + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-        for ax in axes.flat[len(series):]:
+        for ax in axes.flat[n_panels:]:
             ax.axis("off")
-        for ax, (title, recs) in zip(axes.flat, series.items()):
-            ep = [r["epoch"] for r in recs]
+        first = axes.flat[0]
+        final_stage: Dict[str, tuple] = {}   # row -> its last stage that reports accuracy
+        for (row, stage), keys in series.items():
+            if "valid_acc" in keys or "test_acc" in keys:
+                final_stage[row] = (row, stage)
+        acc_key = "valid_acc" if any("valid_acc" in series[k] for k in final_stage.values()) else "test_acc"
+        for row, key in final_stage.items():
+            if acc_key in series[key]:
+                draw(first, series[key][acc_key], "-", f"{row} ({key[1]})")
+        first.set_xlabel("epoch of the stage")
+        first.set_ylabel(acc_key.replace("_", " "))
+        first.set_title("rows side by side" + (" (mean, min-max band)" if len(runs) > 1 else ""))
+        first.legend(fontsize=7, loc="lower right")
+        for ax, ((row, stage), keys) in zip(axes.flat[1:], series.items()):
             for key, style in (("train_loss", "-"), ("valid_loss", "--")):
-                if recs[0].get(key) is not None:
-                    ax.plot(ep, [r[key] for r in recs], style, label=key)
+                if key in keys:
+                    draw(ax, keys[key], style, key)
             ax.set_yscale("log")
             ax.set_xlabel("epoch")
-            ax.set_title(title)
-            acc_keys = [k for k in ("train_acc", "valid_acc", "test_acc") if recs[0].get(k) is not None]
+            ax.set_title(f"{row} / {stage}")
+            acc_keys = [k for k in ("train_acc", "valid_acc", "test_acc") if k in keys]
             lines, labels = ax.get_legend_handles_labels()
             if acc_keys:
                 ax2 = ax.twinx()
+                colors = iter(["C2", "C3", "C4"])
                 for key in acc_keys:
-                    ax2.plot(ep, [r[key] for r in recs], ":", label=key)
+                    draw(ax2, keys[key], ":", key, next(colors))
                 ax2.set_ylabel("accuracy")
                 l2, lb2 = ax2.get_legend_handles_labels()
                 lines, labels = lines + l2, labels + lb2
             ax.legend(lines, labels, fontsize=7, loc="center right")
+        if seeds:
+            fig.suptitle(seeds.strip(" ()"), fontsize=9)
         fig.tight_layout()
         atomic_write(self.plot_path, lambda f: fig.savefig(f, format="png", dpi=80))
         plt.close(fig)
@@ -393,17 +431,52 @@ def _fmt_count(n: Optional[float]) -> str:
     return str(int(n))
 
 
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _pct_stats(stats: Optional[Dict[str, Any]]) -> str:
+    """``mean ± sample std`` in percent (just the mean when there is one seed)."""
+    if stats is None:
+        return "-"
+    if stats["std"] is None:
+        return f"{100 * stats['mean']:.2f}%"
+    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}%"
+
+
 def format_table(summary: Dict[str, Any]) -> str:
     """The run's result table: one line per row (teacher first) with test accuracy at the best-validation
-    epoch and at the last epoch, parameters, multiplications and inference speed-up over the teacher."""
-    head = f"{'row':<16}{'model':<16}{'acc(best)':>10}{'acc(last)':>10}{'epochs':>8}{'params':>10}{'mults':>10}{'speed-up':>10}"
+    epoch and at the last epoch, parameters, multiplications and inference speed-up over the teacher.
+
+    For a multi-seed summary (``fitnets_fast.seeds``) the accuracies are the mean ± sample standard deviation
+    over seeds, ``n`` is the number of seeds each row has, ``epochs`` the range over seeds and ``speed-up``
+    the mean; a line above the table names the seeds and how the teacher was obtained."""
+    multi = "seeds" in summary
+    acc_w = 18 if multi else 10
+    head = (f"{'row':<16}{'model':<16}{'acc(best)':>{acc_w}}{'acc(last)':>{acc_w}}" + (f"{'n':>4}" if multi else "")
+            + f"{'epochs':>8}{'params':>10}{'mults':>10}{'speed-up':>10}")
     lines = [head, "-" * len(head)]
+    if multi:
+        seeds = summary["seeds"]
+        lines.insert(0, f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); teacher: "
+                        f"{summary.get('teacher_source', 'each seed trains its own teacher')}")
     for r in summary["rows"]:
-        best = "-" if r.get("test_acc_best") is None else f"{100 * r['test_acc_best']:.2f}%"
-        last = "-" if r.get("test_acc_last") is None else f"{100 * r['test_acc_last']:.2f}%"
-        speed = "-" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
-        lines.append(f"{r['row']:<16}{r['model']:<16}{best:>10}{last:>10}{str(r.get('epochs', '-')):>8}"
+        if multi:
+            best, last = _pct_stats(r.get("test_acc_best")), _pct_stats(r.get("test_acc_last"))
+            ep = r.get("epochs")
+            epochs = "-" if ep is None else (f"{ep['min']:.0f}" if ep["min"] == ep["max"]
+                                             else f"{ep['min']:.0f}-{ep['max']:.0f}")
+            speedup = None if r.get("speedup") is None else r["speedup"]["mean"]
+            n = f"{r.get('n', '-'):>4}"
+        else:
+            best, last = _pct(r.get("test_acc_best")), _pct(r.get("test_acc_last"))
+            epochs, speedup, n = str(r.get("epochs", "-")), r.get("speedup"), ""
+        speed = "-" if speedup is None else f"{speedup:.2f}x"
+        lines.append(f"{r['row']:<16}{r['model']:<16}{best:>{acc_w}}{last:>{acc_w}}{n}{epochs:>8}"
                      f"{_fmt_count(r.get('params')):>10}{_fmt_count(r.get('mults')):>10}{speed:>10}")
     lines.append("acc(best): test accuracy at the best-validation epoch; acc(last): at the last epoch; "
                  "speed-up: teacher / model inference time over the test set")
+    if multi:
+        lines.append("mean ± sample standard deviation over seeds; n: seeds per row; epochs: range over seeds; "
+                     "speed-up: mean")
     return "\n".join(lines)

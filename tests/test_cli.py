@@ -18,7 +18,7 @@ def test_train_reduced_digits_prints_table_and_writes_files(tmp_path):
     out = tmp_path / "run"
     script = shutil.which("fitnets-fast")                     # the installed console script
     exe = [script] if script else [sys.executable, "-m", "fitnets_fast"]
-    proc = subprocess.run(exe + ["train", "--out", str(out), "--device", "cpu", "--quiet"] + REDUCED,
+    proc = subprocess.run(exe + ["train", "--out", str(out), "--device", "cpu", "--quiet", "--seed", "0"] + REDUCED,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
