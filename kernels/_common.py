@@ -6,7 +6,7 @@ inputs use TF32 only when PyTorch's own flag for that op family allows it.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,49 @@ def is_fp64(dtype: torch.dtype) -> bool:
 def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
     """The torch dtype of partial sums for inputs of ``dtype``."""
     return torch.float64 if is_fp64(dtype) else torch.float32
+
+
+def _tf32_from_precision_flags(leaf, *parents) -> Optional[bool]:
+    """The TF32 decision of PyTorch's ``fp32_precision`` flags: the first of ``leaf`` and its ``parents``
+    whose flag is not "none" decides ("tf32" -> True, anything else -> False); None when this PyTorch has
+    no such flag on ``leaf`` or all say "none". Parents without the flag are skipped."""
+    if getattr(leaf, "fp32_precision", None) is None:
+        return None
+    for module in (leaf,) + parents:
+        value = getattr(module, "fp32_precision", "none")
+        if value != "none":
+            return value == "tf32"
+    return None
+
+
+def conv_allows_tf32() -> bool:
+    """Whether PyTorch lets float32 convolutions use TF32 (cuDNN's flag).
+
+    Newer PyTorch sets this through ``torch.backends.cudnn.conv.fp32_precision``, and once that (or a
+    parent flag) has been set, reading the legacy ``torch.backends.cudnn.allow_tf32`` raises; so the new
+    flags are read first and the legacy one only where they do not decide (it is then False if unreadable).
+    """
+    cudnn = torch.backends.cudnn
+    decided = _tf32_from_precision_flags(getattr(cudnn, "conv", None), cudnn, torch.backends)
+    if decided is not None:
+        return decided
+    try:
+        return bool(cudnn.allow_tf32)
+    except RuntimeError:
+        return False
+
+
+def matmul_allows_tf32() -> bool:
+    """Whether PyTorch lets float32 matmuls use TF32 (``torch.backends.cuda.matmul``'s flag; the new
+    ``fp32_precision`` flags first, as in ``conv_allows_tf32``)."""
+    matmul = torch.backends.cuda.matmul
+    decided = _tf32_from_precision_flags(matmul, torch.backends.cuda, torch.backends)
+    if decided is not None:
+        return decided
+    try:
+        return bool(matmul.allow_tf32)
+    except RuntimeError:
+        return False
 
 
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
