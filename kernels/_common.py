@@ -87,13 +87,35 @@ def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
 
 
-def gemm_config(m: int, n: int, k: int) -> GemmConfig:
-    """Heuristic tiles for an implicit GEMM with ``m`` output pixels, ``n`` output channels, ``k`` reduction
-    channels per tap: tiles no wider than the problem (at least 16, the tensor-core minimum)."""
-    block_n = min(64, max(16, triton.next_power_of_2(n)))
-    block_k = min(64, max(16, triton.next_power_of_2(k)))
+# Channel tiles for the layer widths FitNets use: the widest power of two <= 64 dividing the width, so no
+# column or reduction block is padding (48 = 3 x 16, 80 = 5 x 16, 96 = 3 x 32, 192 = 3 x 64). The 3-channel
+# input takes the tensor-core minimum, 16. Other widths: the next power of two, 16 to 64 (``channel_tile``).
+CHANNEL_TILES = {3: 16, 16: 16, 32: 32, 48: 16, 64: 64, 80: 16, 96: 32, 128: 64, 192: 64}
+
+
+def channel_tile(c: int) -> int:
+    """The tile over ``c`` channels (``CHANNEL_TILES``, else the next power of two in [16, 64])."""
+    return CHANNEL_TILES.get(c) or min(64, max(16, triton.next_power_of_2(c)))
+
+
+def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.dtype] = None) -> GemmConfig:
+    """Tiles for an implicit GEMM with ``m`` output pixels, ``n`` output channels (after maxout), ``k``
+    reduction channels per tap, ``pieces`` pieces, on ``dtype`` (None: a 2- or 4-byte type).
+
+    Channel tiles from ``channel_tile``; pixel tiles of 128/64/32 by problem size; warps so that each thread
+    holds at most 32 accumulator-sized values (the fused 2-piece accumulator is ``2 * block_n`` wide; the
+    per-piece passes hold the running max, the winner and a candidate), which keeps ptxas under 255
+    registers without spills; at most 64 columns for more than 2 pieces. float64 takes 64-pixel and 16-channel
+    reduction tiles: its default-sized tiles would need 256 KiB of shared memory, over sm_90's 227 KiB.
+    """
+    block_n = channel_tile(n) if pieces <= 2 else min(32, channel_tile(n))
+    block_k = channel_tile(k)
     block_m = 128 if m >= 8192 else 64 if m >= 1024 else 32
-    return GemmConfig(block_m, block_n, block_k, 8 if block_m * block_n >= 8192 else 4)
+    if dtype is not None and is_fp64(dtype):
+        block_m, block_k = min(block_m, 64), 16
+    live = block_m * block_n * (2 if pieces == 2 else 3 if pieces > 2 else 1)
+    warps = min(8, max(4, triton.next_power_of_2(triton.cdiv(live, 32 * 32))))
+    return GemmConfig(block_m, block_n, block_k, warps)
 
 
 def f64_parts(x: float) -> tuple[float, float, float]:

@@ -216,7 +216,7 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None, 
     channels-last strides); ``pool`` runs PyTorch's max-pooling on that output. ``config`` overrides the
     heuristic tiles (tests use it)."""
     geo = conv_geometry(x, weight, pieces, stride, padding)
-    cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in)
+    cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in, pieces, x.dtype)
     y, _ = _maxout_conv2d_op(
         x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last),
         None if bias is None else bias.contiguous(), pieces, stride, padding,

@@ -55,7 +55,7 @@ _maxout_linear_op.register_autograd(_backward, setup_context=_setup)
 
 def maxout_linear_impl(x, weight, bias, pieces, *, config: Optional[GemmConfig] = None):
     """The reference ``maxout_linear_impl``: ``(N, in) -> (N, out)``. ``config`` overrides the tiles."""
-    cfg = config or gemm_config(x.shape[0], weight.shape[0] // pieces, x.shape[1])
+    cfg = config or gemm_config(x.shape[0], weight.shape[0] // pieces, x.shape[1], pieces, x.dtype)
     y, _ = _maxout_linear_op(x, weight, None if bias is None else bias.contiguous(), pieces,
                              pieces > 1 and winners_needed(x, weight, bias),
                              matmul_allows_tf32(), *cfg)
