@@ -13,16 +13,19 @@ Run on a CUDA machine (target: under 8 minutes on one H100)::
    ``*_impl``), eager PyTorch (the reference ``*_impl``) and ``torch.compile`` of the reference; all without
    the public ops' argument validation, whose label check syncs the device; at the paper's shapes
    (FitNet-4 maxout convs, the FC maxout, the CIFAR hint regressor; batch 128) and the KD shapes 128x10 to
-   4096x32000. KD rows also give the achieved bandwidth as a share of the measured device-copy bandwidth
-   (bytes moved: read student + teacher, write dL/ds); maxout-conv rows give the bytes saved for the
-   backward beyond the inputs.
+   4096x32000. KD rows also give the achieved bandwidth of forward + backward as a share of the measured
+   device-copy bandwidth (bytes moved by both: ``fitnets_fast.kernels.kd_loss.bytes_moved``); maxout-conv
+   rows give the bytes saved for the backward beyond the inputs.
 3. A FitNet-4 CIFAR-shaped stage-2 training step (batch 128: forward, KD loss against fixed teacher
    logits, backward, SGD step), eager fp32 / bf16, compiled, and Triton fp32 / bf16 (+ compile).
 4. A tiling sweep: each listed configuration of the KD and implicit-GEMM kernels checked for accuracy (fp32)
    and timed at a large shape, against the heuristic's choice.
 
-Time budget (``--budget``, default 400 s): torch.compile variants are not started past 45% of it in part 2
-and past 80% in part 3, and part 4 stops at 100%; each skip is reported. ``--skip`` drops whole parts.
+Order: 1, 3 (its first variant is triton bf16 + torch.compile, the one most likely to show the win), 2, 4.
+Time budget (``--budget``, default 400 s): each part has its share (15/30/35/20%) and is stopped when past it
+(SIGALRM), saying so in the report; within a part no torch.compile starts past 80% of its share.
+``--skip`` drops whole parts. The header records the driver, CUDA and cuDNN versions and the git commit,
+and the run refuses to start when the driver supports an older CUDA than Triton's bundled ptxas targets.
 
 Everything is printed as Markdown, with the TF32 flags of each part stated. ``--dry-run`` runs the same
 code on tiny shapes on the CPU with the kernels under ``TRITON_INTERPRET=1`` (timings meaningless,
@@ -37,7 +40,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+import signal
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -46,23 +50,12 @@ if DRY_RUN and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before fitnets_fast/triton are imported
 
 from fitnets_fast import _backend, models, ops  # noqa: E402
-from fitnets_fast.testing import check_against_reference  # noqa: E402
+from fitnets_fast.testing import check_against_reference, tf32  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --------------------------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    """Set both TF32 flags (cuBLAS matmul and cuDNN conv) inside the block."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 def bench_ms(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] = ()) -> float:
     """Median milliseconds per call."""
     if DEVICE == "cuda":
@@ -214,8 +207,8 @@ def cases(dry: bool) -> Dict[str, List[Case]]:
 # ---------------------------------------------------------------------------------------------- part 1
 def accuracy(report: Report, dry: bool) -> int:
     report.add("## 1. Accuracy against the float64 reference (forward and every gradient)")
-    report.add("Rule: kernel error <= PyTorch's own error in that dtype + 16 eps x max|truth| "
-               "(fitnets_fast.testing), kernel outputs NaN-poisoned.")
+    report.add("Rule: kernel error <= PyTorch's own error in that precision + 16 eps x max|truth| "
+               "(fitnets_fast.testing; eps = 2^-10 in tf32 mode), kernel outputs NaN-poisoned.")
     report.add()
     rows, failures = [], 0
     modes = [("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)]
@@ -228,14 +221,13 @@ def accuracy(report: Report, dry: bool) -> int:
             inputs, call = case.make(torch.float64)
             inputs = [x.detach() if x.is_floating_point() else x for x in inputs]
             start = time.perf_counter()
-            with tf32(allow):
-                try:
-                    check_against_reference(lambda *a: call("triton", *a), lambda *a: call("reference", *a),
-                                            inputs, dtype)
-                    verdict = "pass"
-                except AssertionError as exc:
-                    failures += 1
-                    verdict = f"**FAIL**: {exc}"
+            try:
+                check_against_reference(lambda *a: call("triton", *a), lambda *a: call("reference", *a),
+                                        inputs, dtype, allow_tf32=allow)
+                verdict = "pass"
+            except AssertionError as exc:
+                failures += 1
+                verdict = f"**FAIL**: {exc}"
             rows.append([case.name, mode, verdict, f"{time.perf_counter() - start:.1f}"])
     report.table(["op", "mode", "result", "s"], rows)
     return failures
@@ -258,8 +250,10 @@ def _loss_of(out: torch.Tensor, grad_out: torch.Tensor) -> None:
 
 def benchmarks(report: Report, dry: bool, budget_end: float) -> None:
     report.add("## 2. Kernels: Triton vs eager vs torch.compile")
-    report.add(f"TF32 flags: matmul={torch.backends.cuda.matmul.allow_tf32}, "
-               f"cudnn={torch.backends.cudnn.allow_tf32} (PyTorch defaults; fp32 rows use them as given). "
+    from fitnets_fast.kernels._common import conv_allows_tf32, matmul_allows_tf32
+
+    report.add(f"TF32 allowed: matmul={matmul_allows_tf32()}, conv={conv_allows_tf32()} "
+               f"(PyTorch defaults; fp32 rows use them as given). "
                "Times are medians in ms; fwd runs under no_grad; peak = extra memory of one fwd+bwd.")
     report.add()
     copy_gbs = None
@@ -299,8 +293,12 @@ def benchmarks(report: Report, dry: bool, budget_end: float) -> None:
                 res[name] = (bench_ms(fwd), bench_ms(fwd_bwd, leaves), peak_mib(fwd_bwd))
             extra = ""
             if case.kind == "kd" and copy_gbs:
-                moved = 3 * inputs[0].numel() * inputs[0].element_size()
-                extra = f"{moved / res['triton'][1] / 1e6 / copy_gbs:.0%} of copy BW"
+                from fitnets_fast.kernels.kd_loss import bytes_moved, kd_config
+
+                s, t, y = inputs
+                moved = bytes_moved(*s.shape, s.element_size(), y.element_size(), s.requires_grad, t.requires_grad,
+                                    kd_config(*s.shape))
+                extra = f"{moved / 2 ** 20:.0f} MiB moved: {moved / res['triton'][1] / 1e6 / copy_gbs:.0%} of copy BW"
             if case.kind == "conv":
                 # Saved for the backward beyond x, weight, bias: eager's int64 argmax (+ views) vs 1-byte winners.
                 saved = {n: saved_bytes(lambda: impls[n](*inputs), leaves) for n in ("triton", "eager")}
@@ -394,13 +392,12 @@ def tiling_sweep(report: Report, dry: bool, budget_end: float) -> int:
                 rows.append([fam.name, "", str(tuple(cfg)), "skipped (time budget)", ""])
                 continue
             inputs = [x.detach() if x.is_floating_point() else x for x in fam.make(torch.float64, fam.small_batch)]
-            with tf32(False):
-                try:
-                    check_against_reference(lambda *a: fam.run(cfg, *a), fam.reference, inputs, torch.float32)
-                    verdict = "pass"
-                except AssertionError as exc:
-                    failures += 1
-                    verdict = f"**FAIL**: {exc}"
+            try:
+                check_against_reference(lambda *a: fam.run(cfg, *a), fam.reference, inputs, torch.float32)
+                verdict = "pass"
+            except AssertionError as exc:
+                failures += 1
+                verdict = f"**FAIL**: {exc}"
             star = "*" if cfg == fam.heuristic else ""
             for dtype in fam.dtypes:
                 inputs = fam.make(dtype, fam.batch)
@@ -424,11 +421,12 @@ def training_step(report: Report, dry: bool, budget_end: float) -> None:
                "are pure bf16 (parameters and activations), not autocast.")
     report.add()
     compile_backend = "eager" if dry else "inductor"
-    variants = [("eager fp32", "reference", torch.float32, False), ("eager bf16", "reference", torch.bfloat16, False),
+    # The configuration most likely to show the win first, so a budget cut never loses it.
+    variants = [("triton bf16 + compile", "triton", torch.bfloat16, True),
+                ("eager fp32", "reference", torch.float32, False), ("eager bf16", "reference", torch.bfloat16, False),
                 ("compile fp32", "reference", torch.float32, True), ("compile bf16", "reference", torch.bfloat16, True),
-                ("triton fp32", "triton", torch.float32, False), ("triton bf16", "triton", torch.bfloat16, False),
-                ("triton bf16 + compile", "triton", torch.bfloat16, True)]
-    rows, base = [], None
+                ("triton fp32", "triton", torch.float32, False), ("triton bf16", "triton", torch.bfloat16, False)]
+    rows, measured = [], {}
     x32 = torch.randn(batch, *models.arch(arch).input_shape, device=DEVICE)
     teacher32 = torch.randn(batch, 10, device=DEVICE) * 3
     y = torch.randint(0, 10, (batch,), device=DEVICE)
@@ -464,19 +462,111 @@ def training_step(report: Report, dry: bool, budget_end: float) -> None:
             first = time.perf_counter() - start
             ms = bench_ms(step)
             peak = peak_mib(step)
-        base = base or ms
-        rows.append([label, fmt(ms), f"{base / ms:.2f}x", fmt(peak), f"{first:.1f}"])
+        measured[label] = ms
+        rows.append([label, fmt(ms), label, fmt(peak), f"{first:.1f}"])
         del model, opt
+    base = measured.get("eager fp32")
+    for row in rows:  # the speed column, once eager fp32 (measured after the first variant) is known
+        if row[2] in measured:
+            row[2] = f"{base / measured[row[2]]:.2f}x" if base else "n/a"
     report.table(["variant", "ms / step", "speed vs eager fp32", "peak MiB", "first step s (compile)"], rows)
+
+
+class PartTimeout(Exception):
+    """A part ran past its time budget."""
+
+
+class _Timer:
+    expired = False
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[_Timer]:
+    """Raise ``PartTimeout`` inside the block once ``seconds`` have passed (SIGALRM: the main thread only),
+    so a part that overruns (a long compile, a slow kernel) is stopped, not waited for. The yielded timer's
+    ``expired`` tells a caller whether an exception that wraps the timeout (torch.compile and Triton wrap
+    errors raised inside them) came from it. ``seconds=inf``: no limit."""
+    timer = _Timer()
+
+    def expire(signum, frame):
+        timer.expired = True
+        raise PartTimeout(f"stopped after its {seconds:.0f} s budget")
+
+    if seconds == float("inf"):
+        yield timer
+        return
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield timer
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _cuda_driver_version() -> Optional[int]:
+    """The CUDA version the installed driver supports, as 1000*major + 10*minor (cuDriverGetVersion)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int()
+    return version.value if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 else None
+
+
+def ptxas_cuda_version() -> Optional[tuple]:
+    """(major, minor) of the CUDA release of Triton's bundled ptxas, or None if it cannot be run."""
+    import re
+    import subprocess
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        out = subprocess.run([get_ptxas(90).path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except Exception:  # no bundled ptxas (not a CUDA build of triton)
+        return None
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def driver_check() -> tuple:
+    """(ok, message): whether the driver supports the CUDA version Triton's bundled ptxas compiles for (a
+    newer ptxas emits PTX/cubins an older driver refuses to load)."""
+    driver, ptxas = _cuda_driver_version(), ptxas_cuda_version()
+    if driver is None or ptxas is None:
+        return True, f"driver CUDA {driver}, Triton ptxas CUDA {ptxas}: not both known, not checked"
+    have = (driver // 1000, driver % 1000 // 10)
+    if have < ptxas:
+        return False, (f"the NVIDIA driver supports CUDA {have[0]}.{have[1]} but Triton's bundled ptxas is CUDA "
+                       f"{ptxas[0]}.{ptxas[1]}: its kernels would fail to load. Update the driver or point "
+                       f"TRITON_PTXAS_PATH at a ptxas no newer than the driver.")
+    return True, f"driver CUDA {have[0]}.{have[1]} >= Triton ptxas CUDA {ptxas[0]}.{ptxas[1]}"
+
+
+def environment() -> str:
+    """Driver, CUDA and cuDNN versions and the git commit, for the report's header."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    driver = _cuda_driver_version()
+    return (f"driver CUDA {'n/a' if driver is None else f'{driver // 1000}.{driver % 1000 // 10}'}, "
+            f"CUDA (torch) {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+            f"git {commit or 'unknown'}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Triton kernel accuracy + benchmarks on a CUDA GPU")
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
     parser.add_argument("--out", help="also write the Markdown report to this file")
-    parser.add_argument("--budget", type=float, default=400.0,
-                        help="seconds: no torch.compile started past 45%% of it (kernels) / 80%% (training step); "
-                             "the tiling sweep stops at 100%% (default 400)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds, shared by the parts: accuracy 15%%, training step 30%%, kernels 35%%, "
+                             "sweep 20%%; a part past its share is stopped (default 400; no limit in a dry run)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: accuracy,bench,sweep,step")
     args = parser.parse_args(argv)
     if not args.dry_run and DEVICE != "cuda":
@@ -489,26 +579,43 @@ def main(argv=None) -> int:
     if not _backend.implements("triton", "kd_loss"):
         print(f"gpu_check: triton backend unavailable: {_backend.unavailable_reason('triton')}", file=sys.stderr)
         return 2
+    budget = args.budget if args.budget is not None else float("inf") if args.dry_run else 400.0
     start = time.perf_counter()
-    bench_end, step_end, sweep_end = (start + f * args.budget for f in (0.45, 0.8, 1.0))
     skip = set(filter(None, args.skip.split(",")))
     report = Report()
     import triton
 
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (dry run, TRITON_INTERPRET=1)"
     report.add(f"# fitnets_fast Triton kernels on {name}")
-    report.add(f"torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}; "
+    report.add(f"torch {torch.__version__}, triton {triton.__version__}, {environment()}; "
                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    ok, message = driver_check()
+    report.add(f"Driver check: {message}")
     report.add()
+    if not ok and not args.dry_run:
+        print(f"gpu_check: {message}", file=sys.stderr)
+        return 2
     failures = 0
-    if "accuracy" not in skip:
-        failures = accuracy(report, args.dry_run)
-    if "bench" not in skip:
-        benchmarks(report, args.dry_run, bench_end)
-    if "step" not in skip:
-        training_step(report, args.dry_run, step_end)
-    if "sweep" not in skip:
-        failures += tiling_sweep(report, args.dry_run, sweep_end)
+    # Each part has its own share of the budget; a part past it is stopped (time_limit) and reported.
+    parts = [("accuracy", 0.15, lambda end: accuracy(report, args.dry_run)),
+             ("step", 0.30, lambda end: training_step(report, args.dry_run, end)),
+             ("bench", 0.35, lambda end: benchmarks(report, args.dry_run, end)),
+             ("sweep", 0.20, lambda end: tiling_sweep(report, args.dry_run, end))]
+    for part, share, run in parts:
+        if part in skip:
+            continue
+        seconds = share * budget
+        part_start = time.perf_counter()
+        with time_limit(seconds) as timer:
+            try:
+                # Within a part, no torch.compile is started past 80% of its share.
+                failures += run(part_start + 0.8 * seconds) or 0
+            except Exception as exc:
+                if not timer.expired:
+                    raise
+                report.add(f"**{part}: stopped after its {seconds:.0f} s budget** ({type(exc).__name__}; "
+                           "results above this line are complete)")
+                report.add()
     report.add(f"Total {time.perf_counter() - start:.0f} s; accuracy failures: {failures}.")
     if args.out:
         with open(args.out, "w") as fh:

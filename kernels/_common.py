@@ -6,7 +6,7 @@ inputs use TF32 only when PyTorch's own flag for that op family allows it.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -39,18 +39,83 @@ def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if is_fp64(dtype) else torch.float32
 
 
+def _tf32_from_precision_flags(leaf, *parents) -> Optional[bool]:
+    """The TF32 decision of PyTorch's ``fp32_precision`` flags: the first of ``leaf`` and its ``parents``
+    whose flag is not "none" decides ("tf32" -> True, anything else -> False); None when this PyTorch has
+    no such flag on ``leaf`` or all say "none". Parents without the flag are skipped."""
+    if getattr(leaf, "fp32_precision", None) is None:
+        return None
+    for module in (leaf,) + parents:
+        value = getattr(module, "fp32_precision", "none")
+        if value != "none":
+            return value == "tf32"
+    return None
+
+
+def conv_allows_tf32() -> bool:
+    """Whether PyTorch lets float32 convolutions use TF32 (cuDNN's flag).
+
+    Newer PyTorch sets this through ``torch.backends.cudnn.conv.fp32_precision``, and once that (or a
+    parent flag) has been set, reading the legacy ``torch.backends.cudnn.allow_tf32`` raises; so the new
+    flags are read first and the legacy one only where they do not decide (it is then False if unreadable).
+    """
+    cudnn = torch.backends.cudnn
+    decided = _tf32_from_precision_flags(getattr(cudnn, "conv", None), cudnn, torch.backends)
+    if decided is not None:
+        return decided
+    try:
+        return bool(cudnn.allow_tf32)
+    except RuntimeError:
+        return False
+
+
+def matmul_allows_tf32() -> bool:
+    """Whether PyTorch lets float32 matmuls use TF32 (``torch.backends.cuda.matmul``'s flag; the new
+    ``fp32_precision`` flags first, as in ``conv_allows_tf32``)."""
+    matmul = torch.backends.cuda.matmul
+    decided = _tf32_from_precision_flags(matmul, torch.backends.cuda, torch.backends)
+    if decided is not None:
+        return decided
+    try:
+        return bool(matmul.allow_tf32)
+    except RuntimeError:
+        return False
+
+
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     """``input_precision`` for ``tl.dot`` on ``dtype`` operands ("tf32" only for float32 with TF32 allowed)."""
     return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
 
 
-def gemm_config(m: int, n: int, k: int) -> GemmConfig:
-    """Heuristic tiles for an implicit GEMM with ``m`` output pixels, ``n`` output channels, ``k`` reduction
-    channels per tap: tiles no wider than the problem (at least 16, the tensor-core minimum)."""
-    block_n = min(64, max(16, triton.next_power_of_2(n)))
-    block_k = min(64, max(16, triton.next_power_of_2(k)))
+# Channel tiles for the layer widths FitNets use: the widest power of two <= 64 dividing the width, so no
+# column or reduction block is padding (48 = 3 x 16, 80 = 5 x 16, 96 = 3 x 32, 192 = 3 x 64). The 3-channel
+# input takes the tensor-core minimum, 16. Other widths: the next power of two, 16 to 64 (``channel_tile``).
+CHANNEL_TILES = {3: 16, 16: 16, 32: 32, 48: 16, 64: 64, 80: 16, 96: 32, 128: 64, 192: 64}
+
+
+def channel_tile(c: int) -> int:
+    """The tile over ``c`` channels (``CHANNEL_TILES``, else the next power of two in [16, 64])."""
+    return CHANNEL_TILES.get(c) or min(64, max(16, triton.next_power_of_2(c)))
+
+
+def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.dtype] = None) -> GemmConfig:
+    """Tiles for an implicit GEMM with ``m`` output pixels, ``n`` output channels (after maxout), ``k``
+    reduction channels per tap, ``pieces`` pieces, on ``dtype`` (None: a 2- or 4-byte type).
+
+    Channel tiles from ``channel_tile``; pixel tiles of 128/64/32 by problem size; warps so that each thread
+    holds at most 32 accumulator-sized values (the fused 2-piece accumulator is ``2 * block_n`` wide; the
+    per-piece passes hold the running max, the winner and a candidate), which keeps ptxas under 255
+    registers without spills; at most 64 columns for more than 2 pieces. float64 takes 64-pixel and 16-channel
+    reduction tiles: its default-sized tiles would need 256 KiB of shared memory, over sm_90's 227 KiB.
+    """
+    block_n = channel_tile(n) if pieces <= 2 else min(32, channel_tile(n))
+    block_k = channel_tile(k)
     block_m = 128 if m >= 8192 else 64 if m >= 1024 else 32
-    return GemmConfig(block_m, block_n, block_k, 8 if block_m * block_n >= 8192 else 4)
+    if dtype is not None and is_fp64(dtype):
+        block_m, block_k = min(block_m, 64), 16
+    live = block_m * block_n * (2 if pieces == 2 else 3 if pieces > 2 else 1)
+    warps = min(8, max(4, triton.next_power_of_2(triton.cdiv(live, 32 * 32))))
+    return GemmConfig(block_m, block_n, block_k, warps)
 
 
 def f64_parts(x: float) -> tuple[float, float, float]:

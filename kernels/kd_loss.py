@@ -52,12 +52,24 @@ class KDConfig(NamedTuple):
 
 def kd_config(n: int, k: int) -> KDConfig:
     """Heuristic tiling: whole rows in registers up to 4096 classes, packing rows up to 2048 elements a tile;
-    beyond that one row per program and 4096-column blocks."""
-    if k <= 4096:
-        block_k = triton.next_power_of_2(k)
-        rows = max(1, min(triton.next_power_of_2(max(n, 1)), 2048 // block_k))
-        return KDConfig(rows, block_k, 8 if block_k >= 2048 else 4)
-    return KDConfig(1, 4096, 8)
+    beyond that one row per program and 4096-column blocks. Warps: one per 256 tile elements (4 to 16), i.e.
+    at most 8 elements of each of the tile's live arrays per thread; at 16 per thread (a 2048-element tile on
+    4 warps) ptxas spills."""
+    block_k = triton.next_power_of_2(k) if k <= 4096 else 4096
+    rows = max(1, min(triton.next_power_of_2(max(n, 1)), 2048 // block_k)) if k <= 4096 else 1
+    return KDConfig(rows, block_k, min(16, max(4, rows * block_k // 256)))
+
+
+def bytes_moved(n: int, k: int, itemsize: int, label_size: int, grad_student: bool, grad_teacher: bool,
+                cfg: KDConfig) -> int:
+    """Bytes one forward + backward of ``kd_loss_impl`` reads and writes in device memory (the model
+    behind a bandwidth figure): the forward reads student and teacher once per pass over the row (two passes
+    when a row spans column blocks and a gradient is wanted) and the labels, and writes each wanted gradient;
+    the backward reads each gradient and writes it scaled by the incoming gradient."""
+    logits = n * k * itemsize
+    passes = 2 if cfg.block_k < k and (grad_student or grad_teacher) else 1
+    grads = grad_student + grad_teacher
+    return 2 * logits * passes + n * label_size + grads * logits + 2 * grads * logits
 
 
 @triton.jit

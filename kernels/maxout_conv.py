@@ -7,7 +7,8 @@ in registers, so the ``pieces``-times wider pre-activation never reaches memory:
 both pieces' weight rows split in the epilogue (``GemmConfig.fuse_pieces``), otherwise one pass per piece.
 It writes the ``(N, H_out, W_out, C_out)`` output and, when a gradient will be needed, a one-byte winner index.
 Inputs are read through their strides (the host hands it channels-last ``x`` so the channel loads are
-contiguous); TF32 is used for float32 only when ``torch.backends.cudnn.allow_tf32`` allows it, as cuDNN does.
+contiguous); TF32 is used for float32 only when PyTorch's cuDNN convolution flag allows it
+(``_common.conv_allows_tf32``), as cuDNN does.
 
 Backward: ``maxout.maxout_backward`` scatters the incoming gradient to the winners (a full pre-activation
 gradient, channels-last) and ``aten.convolution_backward`` does the rest. The tile helpers here are shared by
@@ -25,7 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _alloc, reference
-from ._common import GemmConfig, dot_precision, gemm_config, is_fp64, to_acc
+from ._common import GemmConfig, conv_allows_tf32, dot_precision, gemm_config, is_fp64, to_acc
 from .maxout import maxout_backward, maxout_fold, winners_needed
 
 
@@ -215,10 +216,10 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None, 
     channels-last strides); ``pool`` runs PyTorch's max-pooling on that output. ``config`` overrides the
     heuristic tiles (tests use it)."""
     geo = conv_geometry(x, weight, pieces, stride, padding)
-    cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in)
+    cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in, pieces, x.dtype)
     y, _ = _maxout_conv2d_op(
         x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last),
         None if bias is None else bias.contiguous(), pieces, stride, padding,
         pieces > 1 and winners_needed(x, weight, bias),
-        torch.backends.cudnn.allow_tf32, *cfg)
+        conv_allows_tf32(), *cfg)
     return reference.max_pool_impl(y.permute(0, 3, 1, 2), pool)

@@ -2,7 +2,7 @@
 bias + max-over-pieces epilogue), writing the ``(N, out_features)`` output and a one-byte winner index.
 
 Backward: the winners' scatter (``maxout.maxout_backward``) then two matmuls and a column sum. TF32 is used
-for float32 only when ``torch.backends.cuda.matmul.allow_tf32`` allows it, as for ``F.linear``.
+for float32 only when PyTorch's matmul flag allows it (``_common.matmul_allows_tf32``), as for ``F.linear``.
 Op: ``torch.library.triton_op`` ``fitnets_fast_triton::maxout_linear`` with ``register_autograd``.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch.library import triton_op
 
-from ._common import GemmConfig, gemm_config
+from ._common import GemmConfig, gemm_config, matmul_allows_tf32
 from .maxout import winners_needed
 from .maxout_conv import ConvGeometry, launch_maxout_gemm, scatter_to_pieces
 
@@ -55,8 +55,8 @@ _maxout_linear_op.register_autograd(_backward, setup_context=_setup)
 
 def maxout_linear_impl(x, weight, bias, pieces, *, config: Optional[GemmConfig] = None):
     """The reference ``maxout_linear_impl``: ``(N, in) -> (N, out)``. ``config`` overrides the tiles."""
-    cfg = config or gemm_config(x.shape[0], weight.shape[0] // pieces, x.shape[1])
+    cfg = config or gemm_config(x.shape[0], weight.shape[0] // pieces, x.shape[1], pieces, x.dtype)
     y, _ = _maxout_linear_op(x, weight, None if bias is None else bias.contiguous(), pieces,
                              pieces > 1 and winners_needed(x, weight, bias),
-                             torch.backends.cuda.matmul.allow_tf32, *cfg)
+                             matmul_allows_tf32(), *cfg)
     return y

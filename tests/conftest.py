@@ -21,3 +21,13 @@ def _seed():
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _tf32_off():
+    """Every test runs with TF32 forbidden (on a GPU PyTorch allows it for convolutions by default, which
+    would make float32 references TF32 ones); a test about TF32 turns it on itself."""
+    from fitnets_fast.testing import tf32
+
+    with tf32(False):
+        yield
