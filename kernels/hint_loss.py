@@ -23,7 +23,8 @@ from torch.library import triton_op, wrap_triton
 
 from .. import _alloc
 from .._checks import first_order_only
-from ._common import GemmConfig, acc_torch_dtype, dot_precision, f64_parts, from_parts, gemm_config, is_fp64
+from ._common import (GemmConfig, acc_torch_dtype, conv_allows_tf32, dot_precision, f64_parts, from_parts, gemm_config,
+                      is_fp64)
 from .maxout import winners_needed
 from .maxout_conv import conv_geometry, gemm_args, gemm_grid, maxout_conv_tile
 
@@ -117,10 +118,10 @@ def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0, activation="ma
     """The reference ``hint_loss_impl``: ``1/2 * sum (hint - act(conv2d(guided))) ^ 2 / N`` (a scalar).
     ``config`` overrides the heuristic tiles (tests use it)."""
     geo = conv_geometry(guided, weight, pieces, 1, padding)
-    cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in)
+    cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in, pieces, guided.dtype)
     loss, _, _ = _hint_loss_op(
         guided.contiguous(memory_format=torch.channels_last), hint,
         weight.contiguous(memory_format=torch.channels_last), None if bias is None else bias.contiguous(),
         pieces, padding, activation == "relu", winners_needed(guided, weight, bias), winners_needed(hint),
-        torch.backends.cudnn.allow_tf32, *cfg)
+        conv_allows_tf32(), *cfg)
     return loss

@@ -36,6 +36,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _alloc
+from .._checks import first_order_only
 from ._common import acc_torch_dtype, f64_parts, from_parts, is_fp64, to_acc
 
 _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
@@ -252,6 +253,7 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _grad_gs, _grad_gt):
+    first_order_only("kd_loss", "triton")
     gs, gt = ctx.saved_tensors
     g = grad_loss[:, None] if ctx.per_row else grad_loss
     return (gs * g if gs.numel() else None, gt * g if gt.numel() else None) + (None,) * 11

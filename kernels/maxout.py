@@ -21,6 +21,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _alloc
+from .._checks import first_order_only
 
 BLOCK = 1024
 
@@ -99,6 +100,7 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _grad_idx):
+    first_order_only("maxout", "triton")
     (idx,) = ctx.saved_tensors
     return maxout_backward(grad_y.contiguous(), idx, ctx.pieces), None, None
 

@@ -26,6 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _alloc, reference
+from .._checks import first_order_only
 from ._common import GemmConfig, conv_allows_tf32, dot_precision, gemm_config, is_fp64, to_acc
 from .maxout import maxout_backward, maxout_fold, winners_needed
 
@@ -195,6 +196,7 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _grad_idx):
+    first_order_only("maxout_conv2d", "triton")
     x, weight, idx = ctx.saved_tensors
     pieces, stride, padding, has_bias = ctx.conv
     n, h_out, w_out, c_out = grad_y.shape

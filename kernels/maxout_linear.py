@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch.library import triton_op
 
+from .._checks import first_order_only
 from ._common import GemmConfig, gemm_config, matmul_allows_tf32
 from .maxout import winners_needed
 from .maxout_conv import ConvGeometry, launch_maxout_gemm, scatter_to_pieces
@@ -41,6 +42,7 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _grad_idx):
+    first_order_only("maxout_linear", "triton")
     x, weight, idx = ctx.saved_tensors
     grad_pre = scatter_to_pieces(grad_y, idx, ctx.pieces)
     need = ctx.needs_input_grad

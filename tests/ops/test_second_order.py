@@ -36,10 +36,7 @@ def test_reference_passes_gradgradcheck(case):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("backend", [p for p in ALL_PARAMS if p.values[0] != "reference"])
-def test_fused_backends_refuse_create_graph(backend, case, request):
-    if backend == "triton" and case != "hint_loss":
-        request.applymarker(pytest.mark.xfail(reason="this triton backward does not call "
-                                                     "fitnets_fast._checks.first_order_only yet"))
+def test_fused_backends_refuse_create_graph(backend, case):
     tensors, fn = _call(case, backend)
     out = fn(*tensors)
     first = torch.autograd.grad(out.sum(), tensors)  # first order is fine
