@@ -319,8 +319,10 @@ class _Trainer:
         s = _Stage(row, stage, student, {"student": student}, None, MaxNorm([student]), cfg.max_epochs, cfg.patience,
                    trained=[student])
         if stage == "hints":
+            hint_layer = self.teacher.layers[self.hint_layer]
             reg = _models.build_regressor(self.teacher.layer_output_shape(self.hint_layer),
-                                          student.layer_output_shape(g), self.teacher.layers[self.hint_layer].pieces,
+                                          student.layer_output_shape(g), hint_layer.pieces,
+                                          untied_bias=getattr(hint_layer, "untied_bias", None) is not None,
                                           backend=cfg.backend).to(self.device, memory_format=self.memory_format)
             s.regressor = s.modules["regressor"] = reg
             s.trained = [student.layers[i] for i in range(g + 1)] + [reg]

@@ -107,8 +107,9 @@ _hint_loss_op.register_autograd(_backward, setup_context=_setup)
 
 def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0, *, config: Optional[GemmConfig] = None):
     """The reference ``hint_loss_impl``: ``1/2 * sum (hint - maxout_conv2d(guided)) ^ 2 / N`` (a scalar).
-    ``config`` overrides the heuristic tiles (tests use it). An empty batch gives the reference's NaN (0/0)."""
-    if guided.shape[0] == 0:
+    ``config`` overrides the heuristic tiles (tests use it). An empty batch gives the reference's NaN (0/0); an
+    untied bias ``(C_h*pieces, H_h, W_h)`` runs the reference (the GEMM epilogue adds one bias per channel)."""
+    if guided.shape[0] == 0 or (bias is not None and bias.dim() == 3):
         return reference.hint_loss_impl(guided, hint, weight, bias, pieces, padding)
     geo = conv_geometry(guided, weight, pieces, 1, padding)
     cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in)

@@ -213,7 +213,10 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None, 
                        config: Optional[GemmConfig] = None):
     """The reference ``maxout_conv2d_impl``: ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` (returned with
     channels-last strides); ``pool`` runs PyTorch's max-pooling on that output. ``config`` overrides the
-    heuristic tiles (tests use it)."""
+    heuristic tiles (tests use it). An untied bias ``(C_out*pieces, H_out, W_out)`` runs the reference (the
+    GEMM epilogue adds one bias per channel only)."""
+    if bias is not None and bias.dim() == 3:
+        return reference.maxout_conv2d_impl(x, weight, bias, pieces, stride, padding, pool)
     geo = conv_geometry(x, weight, pieces, stride, padding)
     cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in)
     y, _ = _maxout_conv2d_op(

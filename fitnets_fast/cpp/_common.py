@@ -45,6 +45,14 @@ def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else x.contiguous()
 
 
+def add_untied_bias(pre: torch.Tensor, bias: Optional[torch.Tensor]):
+    """``(pre + bias, None)`` for an untied bias ``(C, H, W)`` on the bias-free conv output ``pre (N, C, H, W)``
+    (kept channels-last), else ``(pre, bias)`` unchanged: the fused kernels then add a tied bias themselves."""
+    if bias is None or bias.dim() != 3:
+        return pre, bias
+    return torch.add(pre, bias).contiguous(memory_format=torch.channels_last), None
+
+
 def channels_last_conv_input(x: torch.Tensor) -> torch.Tensor:
     """``x (N, C, H, W)`` in channels-last memory, with strides that tell PyTorch's convolution so.
 

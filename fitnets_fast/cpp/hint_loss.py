@@ -78,4 +78,5 @@ def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0):
     if pieces > MAX_PIECES:
         return reference.hint_loss_impl(guided, hint, weight, bias, pieces, padding)
     pre = F.conv2d(_common.channels_last_conv_input(guided), weight, None, 1, padding)
+    pre, bias = _common.add_untied_bias(pre, bias)
     return hint_epilogue(pre, hint, bias, pieces)[0]

@@ -123,6 +123,7 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None):
     if pieces == 1 or pieces > MAX_PIECES:
         return reference.maxout_conv2d_impl(x, weight, bias, pieces, stride, padding, pool)
     pre = F.conv2d(_common.channels_last_conv_input(x), weight, None, stride, padding)
+    pre, bias = _common.add_untied_bias(pre, bias)
     if pool is not None and maxout_pool.fits(pieces, pool):
         return maxout_pool.maxout_pool_bias(pre, bias, pieces, *pool)[0]
     return reference.max_pool_impl(maxout_bias(pre, bias, pieces)[0], pool)
