@@ -14,10 +14,10 @@
 #   AMP             bf16 (default) or none
 # FITNETS_FAST names the command (default: fitnets-fast on PATH).
 #
-# Cost on a 2-core AMD EPYC (torch 2.13 CPU, measured; see benchmarks/results/paper-mnist-table4.md): the
-# seconds per epoch of every stage are listed there, and the full recipe's early stopping decides the
-# number of epochs, so the uncapped table runs for days on 2 cores; with caps the wall time is about
-# sum(cap * seconds per epoch) over the five stages.
+# Cost: the full recipe's early stopping (100 epochs without improvement) decides the number of epochs, so
+# the uncapped table runs for days on 2 CPU cores; with caps the wall time is about the sum over the five
+# stages of cap * seconds per epoch (the estimate and the state of the measured run are in
+# benchmarks/results/paper-mnist-table4.md).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
