@@ -157,11 +157,22 @@ def _maxout_layer_args(x, weight, bias, pieces, dims: int, x_layout: str, weight
 
 
 def maxout_conv2d_args(x, weight, bias, pieces, stride, padding, pool=None) -> None:
-    _maxout_layer_args(x, weight, bias, pieces, 4, "N x C_in x H x W", "C_out*pieces x C_in x kH x kW",
-                       "input channels")
+    """The maxout conv layer's arguments; its bias may be tied ``(C_out*pieces,)`` or untied
+    ``(C_out*pieces, H_conv, W_conv)`` (the convolution output's size, before pooling)."""
+    untied = isinstance(bias, torch.Tensor) and bias.dim() == 3
+    _maxout_layer_args(x, weight, None if untied else bias, pieces, 4, "N x C_in x H x W",
+                       "C_out*pieces x C_in x kH x kW", "input channels")
     _conv_geometry(x, weight, stride, padding)
+    out_size = [(x.shape[d] + 2 * padding - weight.shape[d]) // stride + 1 for d in (2, 3)]
+    if untied:
+        expected = (weight.shape[0], *out_size)
+        if tuple(bias.shape) != expected:
+            raise ValueError(f"an untied bias must have shape {expected} (one per weight row and convolution-"
+                             f"output location), got {tuple(bias.shape)}")
+        same_device(x=x, bias=bias)
+        same_dtype(x=x, bias=bias)
     if pool is not None:
-        _pool(pool, [(x.shape[d] + 2 * padding - weight.shape[d]) // stride + 1 for d in (2, 3)])
+        _pool(pool, out_size)
 
 
 def _pool(pool, conv_output_size) -> None:

@@ -22,7 +22,8 @@ Names (``[P]`` paper, ``[C]`` released code, ``[PL2]`` pylearn2 yaml; see the re
   (360,816 weights = the paper's ~361K). ``teacher_mnist_code``: the yaml as released (4 pieces in h2).
 * ``fitnet_mnist``: the released yaml geometry with 2 pieces everywhere, as the paper text says (29,944
   weights = ~30K). ``fitnet_mnist_code``: the yaml as released (4 pieces in h4-h5). Both guided at h3.
-  Deviation: the yaml's convs have untied (per-location) biases; ours are tied (one per channel).
+  All four MNIST nets have untied biases (one per filter and convolution-output location), as pylearn2's
+  ``MaxoutConvC01B`` default ``tied_b=False``, which both yamls keep; the softmax layer's bias is one per class.
 * ``teacher_svhn``: pylearn2 svhn.yaml [PL2]. Hint h1 (10x10x128, the teacher's middle layer).
 * ``fitnet_svhn``: the paper text's "13-layer FitNet, 11 maxout conv layers" (D5), read as the only
   13-layer FitNet of Table 7, FitNet 3 (1.70M weights; paper ~1.5M). ``fitnet_svhn_fitnet4``: the
@@ -96,7 +97,8 @@ class Arch:
     """One architecture: hidden layers in order (the softmax layer is appended by the builder) and the
     settings carried by its layers.
 
-    ``init_range``: weights U(-r, r), biases 0 (None: PyTorch's default init). ``conv_lr_scale``: learning
+    ``init_range``: weights U(-r, r), biases 0 (None: PyTorch's default init). ``untied_biases``: every conv
+    has one bias per filter and output location (pylearn2's ``tied_b=False``), else one per filter. ``conv_lr_scale``: learning
     rate multiplier of the conv layers (FC and softmax use 1). ``dropout``: drop probability on the input
     of the first layer and on the input of every later layer; ``first_input_scale``: the multiplier of the
     kept first-layer inputs (None: the usual ``1/(1-p)``). ``hint_layer`` / ``guided_layer``: the paper's
@@ -107,6 +109,7 @@ class Arch:
     hidden: Tuple[Union[Conv, Dense], ...]
     softmax_max_norm: Optional[float] = 1.9365
     init_range: Optional[float] = 0.005
+    untied_biases: bool = False
     conv_lr_scale: float = 1.0
     dropout: Tuple[float, float] = (0.0, 0.0)
     first_input_scale: Optional[float] = None
@@ -141,7 +144,7 @@ def _teacher_mnist(h2_pieces: int) -> Arch:
     return Arch(MNIST_INPUT, (Conv(48, 8, 0, pool=(4, 2), max_norm=0.9),
                               Conv(48, 8, 3, pool=(4, 2), max_norm=1.9365),
                               Conv(24, 5, 3, h2_pieces, pool=(2, 2), max_norm=1.9365)),
-                hint_layer=1, **_TEACHER_DROPOUT)
+                untied_biases=True, hint_layer=1, **_TEACHER_DROPOUT)
 
 
 def _fitnet_mnist(top_pieces: int) -> Arch:
@@ -151,7 +154,7 @@ def _fitnet_mnist(top_pieces: int) -> Arch:
                               Conv(16, 3, 0, pool=(4, 2), max_norm=1.9365),
                               Conv(12, 3, 3, top_pieces, max_norm=1.9365),
                               Conv(12, 3, 0, top_pieces, pool=(2, 2), max_norm=1.9365)),
-                guided_layer=3)
+                untied_biases=True, guided_layer=3)
 
 
 _FITNET_3 = ((32, 48, 64, 64), (80,) * 4, (128,) * 3)
@@ -331,8 +334,10 @@ class MaxoutNet(nn.Module):
     def _make_layer(spec: Arch, hidden, shape: Shape, num_classes: int, init, backend: str, index: int):
         """The ``index``-th layer (``hidden=None``: the softmax layer) fed ``shape``, and its name."""
         if isinstance(hidden, Conv):
+            untied = (tuple(n + 2 * hidden.pad - hidden.kernel + 1 for n in shape[1:])
+                      if spec.untied_biases and len(shape) == 3 else None)
             return MaxoutConv2d(shape[0], hidden.channels, hidden.kernel, hidden.pieces, padding=hidden.pad,
-                                pool=hidden.pool, max_norm=hidden.max_norm, init_range=init,
+                                pool=hidden.pool, untied_bias=untied, max_norm=hidden.max_norm, init_range=init,
                                 lr_scale=spec.conv_lr_scale, backend=backend), f"h{index}"
         if isinstance(hidden, Dense):
             return MaxoutLinear(math.prod(shape), hidden.units, hidden.pieces, max_norm=hidden.max_norm,
@@ -402,14 +407,15 @@ def build(name: str, num_classes: int = 10, **options) -> nn.Module:
 
 
 def build_regressor(teacher_hint_shape: Shape, student_guided_shape: Shape, pieces: int = 2, *,
-                    backend: str = "auto") -> HintLoss:
+                    untied_bias: bool = False, backend: str = "auto") -> HintLoss:
     """The FitNets regressor (and hint loss) from the student's guided map to the teacher's hint map.
 
     A valid (unpadded, stride 1) maxout conv, ``pieces`` pieces (the teacher hint layer's), kernel
     ``N_g - N_h + 1`` per spatial dim, ``C_g -> C_h`` channels, init U(-0.05, 0.05), max-norm 0.9 [C].
     Shapes are ``(C, H, W)``. E.g. FitNet 4 from the CIFAR teacher: ``(192, 7, 7)`` from ``(80, 8, 8)``
     gives a 2x2 kernel, 80 -> 192 x 2 pieces. Equal shapes still get a 1x1 regressor (the released code
-    would compare them directly).
+    would compare them directly). ``untied_bias``: one bias per filter and hint location, as the teacher's
+    hint layer when its biases are untied (the released code copies the hint layer's ``tied_b``).
     """
     hint = _check_shape("teacher_hint_shape", teacher_hint_shape)
     guided = _check_shape("student_guided_shape", student_guided_shape)
@@ -421,4 +427,5 @@ def build_regressor(teacher_hint_shape: Shape, student_guided_shape: Shape, piec
     if kh != kw:
         raise ValueError(f"the regressor kernel would be {kh}x{kw}; HintLoss supports square kernels only "
                          f"(hint {hint}, guided {guided})")
-    return HintLoss(guided[0], hint[0], kh, pieces, max_norm=0.9, init_range=0.05, backend=backend)
+    return HintLoss(guided[0], hint[0], kh, pieces, untied_bias=hint[1:] if untied_bias else None, max_norm=0.9,
+                    init_range=0.05, backend=backend)

@@ -33,7 +33,8 @@ def renorm_rows_(weights: List[torch.Tensor], limits: List[float]) -> None:
 
 
 class _MaxoutParams(nn.Module):
-    """Weight ``(out*pieces, *fan_in_shape)`` and bias ``(out*pieces,)`` with the FitNets extras.
+    """Weight ``(out*pieces, *fan_in_shape)`` and bias ``(out*pieces, *bias_size)`` with the FitNets extras
+    (``bias_size=()``: one bias per weight row).
 
     ``max_norm``: after each optimizer step the trainer rescales each weight row (one piece's filter) to
     L2 norm at most ``max_norm`` (pylearn2's max_kernel_norm / max_col_norm); None means unconstrained.
@@ -42,7 +43,8 @@ class _MaxoutParams(nn.Module):
     """
 
     def __init__(self, out_features: int, pieces: int, fan_in_shape: Tuple[int, ...], bias: bool,
-                 max_norm: Optional[float], init_range: Optional[float], lr_scale: float):
+                 max_norm: Optional[float], init_range: Optional[float], lr_scale: float,
+                 bias_size: Tuple[int, ...] = ()):
         super().__init__()
         self.out_features = _checks.positive_int("out_features", out_features)
         self.pieces = _checks.positive_int("pieces", pieces)
@@ -54,7 +56,7 @@ class _MaxoutParams(nn.Module):
         self.max_norm = max_norm
         self.init_range = init_range
         self.weight = nn.Parameter(torch.empty(out_features * pieces, *fan_in_shape))
-        self.bias = nn.Parameter(torch.empty(out_features * pieces)) if bias else None
+        self.bias = nn.Parameter(torch.empty(out_features * pieces, *bias_size)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -79,15 +81,28 @@ class MaxoutConv2d(_MaxoutParams):
 
     Input ``(N, in_channels, H, W)``; output ``(N, out_channels, H', W')`` where ``H'`` is the conv output
     size, pooled by ``pool=(size, stride)`` with ceil mode (cuda-convnet's geometry) when given.
+
+    ``untied_bias=(H_conv, W_conv)`` gives each filter one bias per convolution-output location, bias
+    ``(out_channels*pieces, H_conv, W_conv)`` (pylearn2's ``MaxoutConvC01B`` default, ``tied_b=False``); the
+    layer then only accepts inputs whose convolution output is that size. None (default): one bias per filter.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: int = 2, *,
                  stride: int = 1, padding: int = 0, pool: Optional[Tuple[int, int]] = None, bias: bool = True,
-                 max_norm: Optional[float] = None, init_range: Optional[float] = None, lr_scale: float = 1.0,
-                 backend: str = "auto"):
+                 untied_bias: Optional[Tuple[int, int]] = None, max_norm: Optional[float] = None,
+                 init_range: Optional[float] = None, lr_scale: float = 1.0, backend: str = "auto"):
         k = _checks.positive_int("kernel_size", kernel_size)
         self.in_channels = _checks.positive_int("in_channels", in_channels)
-        super().__init__(out_channels, pieces, (in_channels, k, k), bias, max_norm, init_range, lr_scale)
+        if untied_bias is not None:
+            if not bias:
+                raise ValueError("untied_bias needs bias=True")
+            if not isinstance(untied_bias, (tuple, list)) or len(untied_bias) != 2:
+                raise ValueError(f"untied_bias must be None or an (H_conv, W_conv) pair, got {untied_bias!r}")
+            untied_bias = (_checks.positive_int("untied_bias height", untied_bias[0]),
+                           _checks.positive_int("untied_bias width", untied_bias[1]))
+        self.untied_bias = untied_bias
+        super().__init__(out_channels, pieces, (in_channels, k, k), bias, max_norm, init_range, lr_scale,
+                         untied_bias or ())
         self.kernel_size = k
         self.stride = _checks.positive_int("stride", stride)
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
@@ -103,8 +118,9 @@ class MaxoutConv2d(_MaxoutParams):
                                  backend=self.backend)
 
     def extra_repr(self) -> str:
+        untied = "" if self.untied_bias is None else f", untied_bias={self.untied_bias}"
         return (f"{self.in_channels}, {self.out_features}, kernel_size={self.kernel_size}, pieces={self.pieces}, "
-                f"stride={self.stride}, padding={self.padding}, pool={self.pool}, max_norm={self.max_norm}")
+                f"stride={self.stride}, padding={self.padding}, pool={self.pool}, max_norm={self.max_norm}{untied}")
 
 
 class MaxoutLinear(_MaxoutParams):
@@ -134,17 +150,19 @@ class HintLoss(MaxoutConv2d):
     ``guided (N, in_channels, Hg, Wg)`` and ``hint (N, out_channels, Hh, Wh)``,
     ``Hh = Hg - kernel_size + 1``, and ``r = act(conv2d(guided))``. ``activation``: "maxout" (over
     ``pieces``, default 2), "relu" or "none" (``pieces`` None or 1 for those two); checked here, at
-    construction. Build one from shapes with ``fitnets_fast.models.build_regressor``.
+    construction. ``untied_bias=(Hh, Wh)`` gives the regressor one bias per filter and hint location (as
+    ``MaxoutConv2d``). Build one from shapes with ``fitnets_fast.models.build_regressor``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: Optional[int] = None, *,
-                 activation: str = "maxout", max_norm: Optional[float] = 0.9, init_range: Optional[float] = 0.05,
-                 lr_scale: float = 1.0, backend: str = "auto"):
+                 activation: str = "maxout", untied_bias: Optional[Tuple[int, int]] = None,
+                 max_norm: Optional[float] = 0.9, init_range: Optional[float] = 0.05, lr_scale: float = 1.0,
+                 backend: str = "auto"):
         if activation == "maxout" and pieces is None:
             pieces = 2
         pieces = _checks.hint_activation(activation, pieces)
-        super().__init__(in_channels, out_channels, kernel_size, pieces, max_norm=max_norm,
-                         init_range=init_range, lr_scale=lr_scale, backend=backend)
+        super().__init__(in_channels, out_channels, kernel_size, pieces, untied_bias=untied_bias,
+                         max_norm=max_norm, init_range=init_range, lr_scale=lr_scale, backend=backend)
         self.activation = activation
 
     def regress(self, guided: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,9 @@ def maxout_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         x: ``(N, C_in, H, W)``.
         weight: ``(C_out*pieces, C_in, kH, kW)``; rows ``j*pieces ... j*pieces+pieces-1`` are the pieces of
             output channel ``j``.
-        bias: ``(C_out*pieces,)`` or None.
+        bias: ``(C_out*pieces,)`` (tied: one per filter), ``(C_out*pieces, H_conv, W_conv)`` (untied: one
+            per filter and convolution-output location, pylearn2's default ``tied_b=False``; ``H_conv``,
+            ``W_conv`` are the pre-pooling sizes below) or None. Added before the maxout.
         pieces: number of linear pieces per output channel (1 = plain linear conv).
         stride, padding: as ``F.conv2d`` (ints; zero padding).
         pool: ``(size, stride)`` of a square max-pooling of the maxout output, ceil mode (cuda-convnet's
@@ -66,7 +68,14 @@ def maxout_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 
 
 def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None):
-    return max_pool_impl(maxout_impl(F.conv2d(x, weight, bias, stride, padding), pieces), pool)
+    return max_pool_impl(maxout_impl(conv2d_impl(x, weight, bias, stride, padding), pieces), pool)
+
+
+def conv2d_impl(x, weight, bias, stride=1, padding=0):
+    """``F.conv2d`` taking a tied ``(C,)`` or an untied ``(C, H_conv, W_conv)`` bias (or None)."""
+    if bias is not None and bias.dim() == 3:
+        return F.conv2d(x, weight, None, stride, padding) + bias
+    return F.conv2d(x, weight, bias, stride, padding)
 
 
 def max_pool_impl(y: torch.Tensor, pool: Optional[Tuple[int, int]]) -> torch.Tensor:
@@ -116,7 +125,8 @@ def hint_loss(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor, bi
     Args:
         guided: student guided-layer output ``(N, C_g, H_g, W_g)``, ``N >= 1`` (an empty batch is a ValueError).
         hint: teacher hint-layer output ``(N, C_h, H_h, W_h)``, equal in shape to the regressor output.
-        weight: regressor weight ``(C_h*pieces, C_g, kH, kW)``; bias ``(C_h*pieces,)`` or None.
+        weight: regressor weight ``(C_h*pieces, C_g, kH, kW)``; bias ``(C_h*pieces,)``, untied
+            ``(C_h*pieces, H_h, W_h)`` or None (as ``maxout_conv2d``).
     """
     pieces = _checks.hint_loss_args(guided, hint, weight, bias, pieces, padding, activation)
     return hint_loss_impl(guided, hint, weight, bias, pieces, padding, activation)

@@ -61,8 +61,9 @@ def paper(hint_module: nn.Module, hint_shape: Shape, guided_shape: Shape, *, bac
     if kh != kw:
         raise ValueError(f"the paper regressor's kernel would be {kh}x{kw}, but it must be square (hint {hint}, "
                          f"guided {guided}); use regressor='conv_bn_relu'")
-    if activation == "maxout":
-        return _models.build_regressor(hint, guided, pieces, backend=backend)
+    if activation == "maxout":   # untied biases when the hint layer's are (the released code copies tied_b)
+        untied = getattr(hint_module, "untied_bias", None) is not None
+        return _models.build_regressor(hint, guided, pieces, untied_bias=untied, backend=backend)
     return HintLoss(guided[0], hint[0], kh, 1, max_norm=0.9, init_range=0.05, activation=activation,
                     backend=backend)
 

@@ -216,7 +216,7 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None, 
                        config: Optional[GemmConfig] = None):
     """The reference ``maxout_conv2d_impl``: ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` (returned with
     channels-last strides); ``pool`` runs PyTorch's max-pooling on that output. ``config`` overrides the
-    heuristic tiles (tests use it)."""
+    heuristic tiles (tests use it). A tied bias only (``unsupported`` turns an untied one away)."""
     geo = conv_geometry(x, weight, pieces, stride, padding)
     cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in, pieces, x.dtype)
     y, _ = _maxout_conv2d_op(

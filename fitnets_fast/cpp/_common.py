@@ -45,6 +45,18 @@ def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else x.contiguous()
 
 
+def add_untied_bias(pre: torch.Tensor, bias: Optional[torch.Tensor]):
+    """``(pre + bias, None)`` for an untied bias ``(C, H, W)`` on the bias-free conv output ``pre (N, C, H, W)``
+    (kept channels-last), else ``(pre, bias)`` unchanged: the fused kernels then add a tied bias themselves."""
+    if bias is None or bias.dim() != 3:
+        return pre, bias
+    # Added as (N, H, W, C) + (H, W, C), the channels-last memory order: the add and its gradient (a sum over
+    # the batch) then run over contiguous rows; a (C, H, W) bias against a channels-last map made both
+    # several times slower.
+    nhwc = pre.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    return (nhwc + bias.permute(1, 2, 0).contiguous()).permute(0, 3, 1, 2), None
+
+
 def channels_last_conv_input(x: torch.Tensor) -> torch.Tensor:
     """``x (N, C, H, W)`` in channels-last memory, with strides that tell PyTorch's convolution so.
 

@@ -78,4 +78,5 @@ def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0, activation="ma
     """See ``fitnets_fast.reference.hint_loss`` (at most ``MAX_PIECES`` pieces; ``pieces`` 1 for "relu" and
     "none")."""
     pre = F.conv2d(_common.channels_last_conv_input(guided), weight, None, 1, padding)
+    pre, bias = _common.add_untied_bias(pre, bias)
     return hint_epilogue(pre, hint, bias, pieces, activation == "relu")[0]

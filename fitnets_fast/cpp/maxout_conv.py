@@ -117,8 +117,9 @@ maxout_pool_bias = _common.fused_op("fitnets_fast_cpp::maxout_pool_bias", _maxou
 def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None):
     """See ``fitnets_fast.reference.maxout_conv2d`` (at most ``MAX_PIECES`` pieces)."""
     if pieces == 1:
-        return reference.max_pool_impl(F.conv2d(x, weight, bias, stride, padding), pool)
+        return reference.max_pool_impl(reference.conv2d_impl(x, weight, bias, stride, padding), pool)
     pre = F.conv2d(_common.channels_last_conv_input(x), weight, None, stride, padding)
+    pre, bias = _common.add_untied_bias(pre, bias)
     if pool is not None and fits(pieces, pool):
         return maxout_pool_bias(pre, bias, pieces, *pool)[0]
     return reference.max_pool_impl(maxout_bias(pre, bias, pieces)[0], pool)
