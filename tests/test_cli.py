@@ -62,7 +62,7 @@ def test_info_and_errors(capsys, tmp_path):
 # -- errors instead of tracebacks, --set forms, Ctrl-C ----------------------------------------------------
 
 TINY = {"dataset": "synthetic", "preprocessing": "none", "batch_size": 32, "teacher_max_epochs": 2,
-        "teacher_lr_saturate": 2, "teacher_momentum_saturate": 2, "students": [], "speed_repeats": 1,
+        "teacher_lr_saturate": 2, "teacher_momentum_saturate": 2, "methods": [], "speed_repeats": 1,
         "speed_batch_size": 40, "num_threads": 1,
         "dataset_options": {"n_train": 96, "n_test": 40, "num_classes": 3, "image_shape": [1, 8, 8]}}
 TINY_SET = ["--set"] + [f"{k}={json.dumps(v)}" for k, v in TINY.items()]

@@ -15,7 +15,7 @@ from fitnets_fast.run_files import CheckpointError, RunDir, RunFolderError, RunI
 TINY = dict(dataset="synthetic", preprocessing="none", device="cpu",
             dataset_options={"n_train": 96, "n_test": 40, "num_classes": 3, "image_shape": [1, 8, 8], "noise": 20.0},
             batch_size=32, teacher_max_epochs=2, teacher_lr_saturate=2, teacher_momentum_saturate=2, max_epochs=2,
-            students=[], speed_repeats=1, speed_batch_size=40, num_threads=1)
+            methods=[], speed_repeats=1, speed_batch_size=40, num_threads=1)
 # (row, stage, epoch) of every record of a TINY run with one backprop row
 EXPECTED = [("teacher", "teacher", 1), ("teacher", "teacher", 2), ("backprop", "ce", 1), ("backprop", "ce", 2)]
 
@@ -172,7 +172,7 @@ def test_two_launches_in_the_same_second_get_two_complete_folders(tmp_path):
             "trainer.default_out_dir = lambda preset: 'runs/same-second'\n"
             "sys.exit(cli.main(sys.argv[1:-1]))\n")
     args = ["train", "--device", "cpu", "--set"] + [f"{k}={json.dumps(v)}" for k, v in
-                                                    {**TINY, "students": ["backprop"]}.items()]
+                                                    {**TINY, "methods": ["backprop"]}.items()]
     procs = [_python(code, *args, cwd=tmp_path) for _ in range(2)]
     outputs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
