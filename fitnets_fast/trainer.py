@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 import torch
 import torch.nn as nn
 
-from . import features
+from . import _backend, features
 from . import models as _models
 from . import regressors
 from .config import Config, make_config
@@ -377,7 +377,10 @@ class _Run:
         if self.splits.get("valid") is None:
             summary["selection"] = ("no validation split: early stopping and the best epoch use the last "
                                     "epoch")
+        summary["backends_used"] = _backend.used()   # what each op actually ran on (eager calls, this process)
         if self.world.is_main:
+            self.run.write_json(self.run.config_path, {**self.run.read_config(),
+                                                       "backends_used": summary["backends_used"]})
             self.run.write_json(self.run.summary_path, summary)
             self.run.plot(self.run.read_metrics())
         return summary
