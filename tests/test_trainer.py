@@ -101,6 +101,8 @@ def test_tiny_run_goes_through_every_stage(tmp_path, monkeypatch):
     assert json.loads((run_dir / "summary.json").read_text())["rows"] == json.loads(json.dumps(summary["rows"]))
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["config"]["lambda_init"] == 4.0 and cfg["models"]["student"]["guided_layer"] == g
+    # The run records the backend each op actually ran on, in its config and summary.
+    assert cfg["backends_used"] == summary["backends_used"] and summary["backends_used"]["kd_loss"]
     records = run.read_metrics()
     kd = [r for r in records if r["stage"] == "kd"]
     assert kd and all(r["lambda"] == linear_decay(r["epoch"], 4.0, 2.0, 1, 4) for r in kd)
