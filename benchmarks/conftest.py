@@ -97,7 +97,7 @@ def no_grad(fn: Callable, inputs) -> Callable[[], object]:
 
 
 def amax_maxout(x: torch.Tensor, pieces: int) -> torch.Tensor:
-    """Maxout over dim 1 as issue 5 states its eager baseline: ``(N, C*pieces, *rest)`` viewed as
+    """Maxout over dim 1 as the project's eager CPU baseline writes it: ``(N, C*pieces, *rest)`` viewed as
     ``(N, C, pieces, *rest)``, then ``amax(2)`` (whose backward is slower than ``max(dim).values``'s, the
     reference's formulation)."""
     return x if pieces == 1 else x.unflatten(1, (x.shape[1] // pieces, pieces)).amax(2)

@@ -3,7 +3,7 @@ ZCA are fitted and applied) and second run (the same call, served from the cache
 
     python benchmarks/data_timing.py CIFAR_DIR [--validation|--all] [--repeats K]
 
-CIFAR_DIR holds cifar-10-batches-py/ (make it with `python ../shared/data/make_cifar10.py CIFAR_DIR`). Each repeat
+CIFAR_DIR holds cifar-10-batches-py/ (the standard CIFAR-10 python layout). Each repeat
 uses a fresh temporary cache folder (deleted afterwards). Prints one line per run and the medians; every run is a
 fresh `prepare` call in this process. Besides wall time it prints the process CPU time (user + system, all
 threads) and the 1-minute load average before the run, because on a shared machine other jobs stretch the wall

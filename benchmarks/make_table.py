@@ -18,7 +18,7 @@ from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 START, END = "<!-- cpu-table:start -->", "<!-- cpu-table:end -->"
-# Issue 5's targets for fwd+bwd speed-ups of the fused float32 variant
+# The project's CPU targets for fwd+bwd speed-ups of the fused float32 variant
 # (op, shape or None = every shape, baseline, x).
 TARGETS = [
     ("maxout", None, "reference", 5.0), ("maxout", None, "compiled", 1.5),
@@ -149,7 +149,7 @@ def main() -> None:
     with open(results, "w") as f:
         f.write(f"# CPU kernel benchmarks on {args.machine}\n\n{head}\n\nCommand: `{args.command}`\n\n"
                 f"Variants are interleaved (each round runs every variant once); medians over rounds.\n\n"
-                f"## Speed-ups of the fused kernels\n\n{ratios}\n\n## Targets (issue 5)\n\n"
+                f"## Speed-ups of the fused kernels\n\n{ratios}\n\n## Targets\n\n"
                 f"{target_lines(infos)}\n\n## All variants\n\n{variant_table(infos)}\n")
     readme = os.path.join(HERE, "README.md")
     text = open(readme).read() if os.path.exists(readme) else "# Benchmarks\n\n"

@@ -5,7 +5,7 @@
 Builds ``fitnets_fast.models.build(MODEL)`` (default fitnet1), runs warm-up steps of cross-entropy +
 pylearn2 RMSProp + max-norm at batch 128 on random CIFAR-shaped data (batch and conv weights channels-last
 unless ``--nchw``; the forward under bfloat16 autocast with ``--bf16``), then profiles ``--steps`` steps with ``torch.profiler`` and prints each group's share of
-self CPU time (issue 5 asks that everything but the convolutions stay under 15%).
+self CPU time (the target: everything but the convolutions under 15%).
 """
 from __future__ import annotations
 

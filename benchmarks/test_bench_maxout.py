@@ -3,7 +3,7 @@
 Variants: ``fused`` (C++ kernel, ``fitnets_fast.cpp.maxout_impl``), ``reference`` (eager
 ``max(dim).values``), ``amax`` (eager ``view(N, C, k, H, W).amax(2)``, the issue's baseline),
 ``compiled`` (``torch.compile`` of the reference) and ``copy`` (``copy_`` of an input-sized tensor into a
-preallocated buffer: the memory roofline, see ../shared/reference/cpu-baseline.md).
+preallocated buffer: the memory roofline).
 """
 import pytest
 import torch
