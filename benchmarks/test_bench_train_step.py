@@ -2,8 +2,8 @@
 
 Variants, float32: ``fused`` (every layer on the C++ kernels, with the trainer's ``channels_last=true``: NHWC
 batch and conv weights), ``reference`` (the eager reference model, NCHW as PyTorch users write it; NHWC makes
-it slower), ``amax`` (the same model with maxout as ``view(...).amax(pieces_dim)``, the formulation issue 5
-quotes its eager step rate for; float32 only) and ``compiled`` (``torch.compile`` of the reference model's
+it slower), ``amax`` (the same model with maxout as ``view(...).amax(pieces_dim)``, the formulation of the project's
+eager CPU baseline; float32 only) and ``compiled`` (``torch.compile`` of the reference model's
 forward; the optimizer runs eagerly).
 The same three with ``-bf16`` run the forward under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the
 trainer's ``amp="bf16"``: bfloat16 convolutions and maxout, float32 weights, loss and optimizer).

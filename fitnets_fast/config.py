@@ -3,7 +3,7 @@
 Every hyperparameter of a run is a field here (the model-level ones, per-layer learning-rate scales, max-norm
 limits and initialisation ranges, come from ``fitnets_fast.models`` and are written beside the config by the
 trainer). ``Config.choices`` records, for each point where the paper and the authors' released code
-disagree (``../shared/reference/fitnets-paper.md`` section 7), which one the preset follows.
+disagree (README, "Faithfulness: paper vs released code"), which one the preset follows.
 """
 from __future__ import annotations
 

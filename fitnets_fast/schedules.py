@@ -1,7 +1,7 @@
 """Per-epoch schedules with pylearn2's semantics (the FitNets authors' code calls them once per epoch).
 
 The counter ``c`` is the 1-based epoch index: pylearn2 calls ``on_monitor`` once before the first epoch,
-so during epoch 1 the counter is 1 (see ../shared/reference/fitnets-paper.md, section 1.1).
+so during epoch 1 the counter is 1 (the authors' lambda schedule counts the same way).
 """
 from __future__ import annotations
 
