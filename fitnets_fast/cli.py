@@ -3,8 +3,8 @@
 
 Examples::
 
-    fitnets-fast train                                   # the digits preset, seeds 0, 1, 2: mean ± std table
-    fitnets-fast train --seed 5                          # one digits run (teacher, backprop, KD, FitNets)
+    fitnets-fast train                                   # the digits preset: teacher, backprop, KD, FitNets
+    fitnets-fast train --seeds 0,1,2                     # the same over three seeds: mean ± std table
     fitnets-fast train --preset cifar10 --data-dir data --set student=fitnet1 max_epochs=100
     fitnets-fast train --resume runs/digits-20260101-120000
     torchrun --nproc_per_node 2 -m fitnets_fast train --preset cifar10 --data-dir data   # 2 processes (DDP)
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=None, help="one run with this seed (default 0)")
     t.add_argument("--seeds", default=None, metavar="LIST",
-                   help="one run per seed, e.g. 0,1,2, then mean ± std (digits default: 0,1,2)")
+                   help="one run per seed, e.g. 0,1,2, then mean ± std (default: one run)")
     t.add_argument("--quiet", action="store_true", help="no progress output (the table is still printed)")
     e = sub.add_parser("eval", help="test accuracy of a saved model file (models/<row>.pt of a run)")
     e.add_argument("checkpoint")

@@ -113,7 +113,7 @@ def test_cli_seeds_with_shared_teacher_trains_one_teacher(tmp_path, capsys):
     assert all(r["n"] == 2 for r in summary["rows"][1:])
     assert _seed_rows(out, 1)["teacher"]["test_acc_best"] == _seed_rows(out, 0)["teacher"]["test_acc_best"]
 
-    assert cli.main(["train", "--seed", "0", "--seeds", "0,1"]) == 2
-    assert cli.main(["train", "--resume", str(out), "--seeds", "0,1"]) == 2
+    assert cli.main(["train", "--seed", "0", "--seeds", "0,1"]) == 1
+    assert cli.main(["train", "--resume", str(out), "--seeds", "0,1"]) == 1
     assert cli.main(["train", "--out", str(tmp_path / "bad"), "--seeds", "1,x", "--quiet"]) == 1
     assert "comma-separated integers" in capsys.readouterr().err
