@@ -86,10 +86,11 @@ class World:
 
     def shard(self, batches: Iterable[Tuple[torch.Tensor, ...]]) -> Iterator[Tuple[torch.Tensor, ...]]:
         """This process's shard of every global batch: each tensor of each yielded tuple (rows along dim 0,
-        ``B`` rows, ``size`` dividing ``B``) cut to rows ``[rank * B/size, (rank + 1) * B/size)``."""
+        ``B`` rows, ``size`` dividing ``B``) cut to rows ``[rank * B/size, (rank + 1) * B/size)``; ``None``
+        entries (a batch without row ids, as a DataLoader gives) pass through."""
         for batch in batches:
             b = self.local_batch_size(batch[0].shape[0])
-            yield tuple(t[self.rank * b:(self.rank + 1) * b] for t in batch)
+            yield tuple(None if t is None else t[self.rank * b:(self.rank + 1) * b] for t in batch)
 
     def rows(self, n: int) -> slice:
         """This process's contiguous share of ``n`` rows (for evaluation): shares differ by at most one row

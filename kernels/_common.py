@@ -52,12 +52,15 @@ def _tf32_from_precision_flags(leaf, *parents) -> Optional[bool]:
     return None
 
 
+@torch.compiler.assume_constant_result
 def conv_allows_tf32() -> bool:
     """Whether PyTorch lets float32 convolutions use TF32 (cuDNN's flag).
 
     Newer PyTorch sets this through ``torch.backends.cudnn.conv.fp32_precision``, and once that (or a
     parent flag) has been set, reading the legacy ``torch.backends.cudnn.allow_tf32`` raises; so the new
     flags are read first and the legacy one only where they do not decide (it is then False if unreadable).
+    Under ``torch.compile`` the flag is read once, at trace time, and baked into the graph (Dynamo cannot
+    trace the flag objects).
     """
     cudnn = torch.backends.cudnn
     decided = _tf32_from_precision_flags(getattr(cudnn, "conv", None), cudnn, torch.backends)
@@ -69,6 +72,7 @@ def conv_allows_tf32() -> bool:
         return False
 
 
+@torch.compiler.assume_constant_result
 def matmul_allows_tf32() -> bool:
     """Whether PyTorch lets float32 matmuls use TF32 (``torch.backends.cuda.matmul``'s flag; the new
     ``fp32_precision`` flags first, as in ``conv_allows_tf32``)."""

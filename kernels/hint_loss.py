@@ -26,20 +26,20 @@ from .._checks import first_order_only
 from ._common import (GemmConfig, acc_torch_dtype, conv_allows_tf32, dot_precision, f64_parts, from_parts, gemm_config,
                       is_fp64)
 from .maxout import winners_needed
-from .maxout_conv import conv_geometry, gemm_args, gemm_grid, maxout_conv_tile
+from .maxout_conv import bias_kind, conv_backward, conv_geometry, gemm_args, gemm_grid, maxout_conv_tile
 
 
 @triton.jit
 def _hint_loss_kernel(x_ptr, w_ptr, b_ptr, h_ptr, part_ptr, gpre_ptr, gh_ptr, inv_n0, inv_n1, inv_n2,
                       shn, shc, shh, shw, M, C_out, H, W, C_in, H_out, W_out, KH, KW, conv_stride, pad,
-                      sxn, sxc, sxh, sxw, swo, swc, swh, sww, HAS_BIAS: tl.constexpr, GRAD: tl.constexpr,
+                      sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS: tl.constexpr, GRAD: tl.constexpr,
                       GRAD_HINT: tl.constexpr, RELU: tl.constexpr, PIECES: tl.constexpr, FUSE_PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP64: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     m, cols, r, idx = maxout_conv_tile(
         x_ptr, w_ptr, b_ptr, pid_m, pid_n, M, C_out, H, W, C_in, H_out, W_out, KH, KW, conv_stride, pad,
-        sxn, sxc, sxh, sxw, swo, swc, swh, sww, HAS_BIAS, PIECES, FUSE_PIECES, BLOCK_M, BLOCK_N, BLOCK_K, FP64, PREC)
+        sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS, PIECES, FUSE_PIECES, BLOCK_M, BLOCK_N, BLOCK_K, FP64, PREC)
     inv_n = from_parts(inv_n0, inv_n1, inv_n2, FP64)
     ok = (m < M)[:, None] & (cols < C_out)[None, :]
     if RELU:  # PIECES == 1; NaN stays NaN (as torch.relu) and gets no gradient (as its backward)
@@ -80,7 +80,7 @@ def _hint_loss_op(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor
     if geo.m:
         wrap_triton(_hint_loss_kernel)[grid](
             guided, weight, weight if bias is None else bias, hint, partials, gpre, ghint,
-            *f64_parts(1.0 / geo.n), *hint.stride(), *gemm_args(guided, weight, geo), HAS_BIAS=bias is not None,
+            *f64_parts(1.0 / geo.n), *hint.stride(), *gemm_args(guided, weight, geo), BIAS=bias_kind(bias),
             GRAD=grad, GRAD_HINT=grad_hint, RELU=relu, PIECES=pieces, FUSE_PIECES=cfg.fuse_pieces and pieces == 2,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, FP64=is_fp64(dt), PREC=dot_precision(dt, allow_tf32), num_warps=cfg.num_warps)
@@ -91,20 +91,19 @@ def _setup(ctx, inputs, output):
     guided, _, weight, bias, _, padding = inputs[:6]
     _, gpre, ghint = output
     ctx.save_for_backward(guided, weight, gpre, ghint)
-    ctx.conv = (padding, bias is not None)
+    ctx.conv = (padding, bias_kind(bias))
     ctx.mark_non_differentiable(gpre, ghint)
 
 
 def _backward(ctx, grad_loss, _grad_gpre, _grad_ghint):
     first_order_only("hint_loss", "triton")
     guided, weight, gpre, ghint = ctx.saved_tensors
-    padding, has_bias = ctx.conv
+    padding, bias = ctx.conv
     need = ctx.needs_input_grad
     gx = gw = gb = None
     if need[0] or need[2] or need[3]:
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            gpre.permute(0, 3, 1, 2), guided, weight, [weight.shape[0]] if has_bias else None, [1, 1],
-            [padding, padding], [1, 1], False, [0, 0], 1, [need[0], need[2], has_bias and need[3]])
+        gx, gw, gb = conv_backward(gpre.permute(0, 3, 1, 2), guided, weight, bias, 1, padding,
+                                   (need[0], need[2], need[3]))
         gx, gw, gb = (None if g is None else g * grad_loss for g in (gx, gw, gb))
     gh = ghint.permute(0, 3, 1, 2) * grad_loss if ghint.numel() else None
     return (gx, gh, gw, gb) + (None,) * 11

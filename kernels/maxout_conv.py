@@ -86,11 +86,23 @@ def _conv_piece(x_ptr, w_ptr, n_img, oh, ow, m_ok, rows, n_ok, H, W, C_in, KH, K
 
 
 @triton.jit
+def _bias_tile(b_ptr, rows, rows_ok, pix, m_ok, HW, BIAS: tl.constexpr, FP64: tl.constexpr):
+    """The bias of weight rows ``rows``: ``[1, len(rows)]`` for a tied bias (one per row), ``[BLOCK_M,
+    len(rows)]`` for an untied one (one per row and output pixel ``pix = oh * W_out + ow``, ``(C, H, W)``
+    contiguous)."""
+    if BIAS == "untied":
+        ptrs = b_ptr + rows[None, :] * HW + pix[:, None]
+        return to_acc(tl.load(ptrs, mask=m_ok[:, None] & rows_ok[None, :], other=0.0), FP64)
+    return to_acc(tl.load(b_ptr + rows, mask=rows_ok, other=0.0), FP64)[None, :]
+
+
+@triton.jit
 def maxout_conv_tile(x_ptr, w_ptr, b_ptr, pid_m, pid_n, M, C_out, H, W, C_in, H_out, W_out, KH, KW, conv_stride,
-                     pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, HAS_BIAS: tl.constexpr, PIECES: tl.constexpr,
+                     pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS: tl.constexpr, PIECES: tl.constexpr,
                      FUSE_PIECES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      FP64: tl.constexpr, PREC: tl.constexpr):
-    """One output tile of maxout(conv(x, weight) + bias): returns (pixel ids, channel ids, max, winner)."""
+    """One output tile of maxout(conv(x, weight) + bias): returns (pixel ids, channel ids, max, winner).
+    ``BIAS``: "none", "tied" (``(C_out*PIECES,)``) or "untied" (``(C_out*PIECES, H_out, W_out)``)."""
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < M
     n_img = (m // (H_out * W_out)).to(tl.int64)
@@ -106,34 +118,34 @@ def maxout_conv_tile(x_ptr, w_ptr, b_ptr, pid_m, pid_n, M, C_out, H, W, C_in, H_
         both = _conv_piece(x_ptr, w_ptr, n_img, oh, ow, m_ok, rows, rows < C_out * 2, H, W, C_in, KH, KW,
                            conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BLOCK_M, BLOCK_N * 2, BLOCK_K,
                            FP64, PREC)
-        if HAS_BIAS:
-            both += to_acc(tl.load(b_ptr + rows, mask=rows < C_out * 2, other=0.0), FP64)[None, :]
+        if BIAS != "none":
+            both += _bias_tile(b_ptr, rows, rows < C_out * 2, rem, m_ok, H_out * W_out, BIAS, FP64)
         best, second = tl.split(tl.reshape(both, (BLOCK_M, BLOCK_N, 2)))
         best, idx = maxout_fold(best, idx, second, 1)
     else:
         best = _conv_piece(x_ptr, w_ptr, n_img, oh, ow, m_ok, cols * PIECES, n_ok, H, W, C_in, KH, KW,
                            conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BLOCK_M, BLOCK_N, BLOCK_K,
                            FP64, PREC)
-        if HAS_BIAS:
-            best += to_acc(tl.load(b_ptr + cols * PIECES, mask=n_ok, other=0.0), FP64)[None, :]
+        if BIAS != "none":
+            best += _bias_tile(b_ptr, cols * PIECES, n_ok, rem, m_ok, H_out * W_out, BIAS, FP64)
         for p in tl.static_range(1, PIECES):
             cand = _conv_piece(x_ptr, w_ptr, n_img, oh, ow, m_ok, cols * PIECES + p, n_ok, H, W, C_in, KH, KW,
                                conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BLOCK_M, BLOCK_N, BLOCK_K,
                                FP64, PREC)
-            if HAS_BIAS:
-                cand += to_acc(tl.load(b_ptr + cols * PIECES + p, mask=n_ok, other=0.0), FP64)[None, :]
+            if BIAS != "none":
+                cand += _bias_tile(b_ptr, cols * PIECES + p, n_ok, rem, m_ok, H_out * W_out, BIAS, FP64)
             best, idx = maxout_fold(best, idx, cand, p)
     return m, cols, best, idx
 
 
 @triton.jit
 def _maxout_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, M, C_out, H, W, C_in, H_out, W_out, KH, KW,
-                        conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, HAS_BIAS: tl.constexpr,
+                        conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS: tl.constexpr,
                         WRITE_IDX: tl.constexpr, PIECES: tl.constexpr, FUSE_PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP64: tl.constexpr, PREC: tl.constexpr):
     m, cols, best, idx = maxout_conv_tile(
         x_ptr, w_ptr, b_ptr, tl.program_id(0), tl.program_id(1), M, C_out, H, W, C_in, H_out, W_out, KH, KW,
-        conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, HAS_BIAS, PIECES, FUSE_PIECES, BLOCK_M, BLOCK_N,
+        conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS, PIECES, FUSE_PIECES, BLOCK_M, BLOCK_N,
         BLOCK_K, FP64, PREC)
     offs = m.to(tl.int64)[:, None] * C_out + cols[None, :]
     ok = (m < M)[:, None] & (cols < C_out)[None, :]
@@ -147,6 +159,25 @@ def gemm_args(x: torch.Tensor, weight: torch.Tensor, geo: ConvGeometry) -> tuple
     as O,I,kH,kW, any strides)."""
     return (geo.m, geo.c_out, geo.h, geo.w, geo.c_in, geo.h_out, geo.w_out, geo.kh, geo.kw, geo.stride,
             geo.padding, *x.stride(), *weight.stride())
+
+
+def bias_kind(bias: Optional[torch.Tensor]) -> str:
+    """The kernels' ``BIAS`` argument: "none", "tied" (a ``(C,)`` bias) or "untied" (``(C, H_out, W_out)``)."""
+    return "none" if bias is None else "untied" if bias.dim() == 3 else "tied"
+
+
+def conv_backward(grad_pre: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: str, stride: int,
+                  padding: int, needed: tuple) -> tuple:
+    """(dL/dx, dL/dweight, dL/dbias) of ``conv2d(x, weight) + bias`` from dL/d(pre-activation) ``grad_pre``
+    ``(N, C, H_out, W_out)`` (any strides); ``bias`` is a ``bias_kind``; ``needed``: which of the three to
+    compute (the others are None). An untied bias's gradient is ``grad_pre`` summed over the batch."""
+    tied = bias == "tied"
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        grad_pre, x, weight, [weight.shape[0]] if tied else None, [stride, stride], [padding, padding],
+        [1, 1], False, [0, 0], 1, [needed[0], needed[1], tied and needed[2]])
+    if bias == "untied" and needed[2]:
+        gb = grad_pre.sum(0)
+    return gx, gw, gb
 
 
 def gemm_grid(geo: ConvGeometry, cfg: GemmConfig) -> tuple[int, int]:
@@ -163,7 +194,7 @@ def launch_maxout_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     if geo.m:
         wrap_triton(_maxout_conv_kernel)[gemm_grid(geo, cfg)](
             x, weight, weight if bias is None else bias, y, idx, *gemm_args(x, weight, geo),
-            HAS_BIAS=bias is not None, WRITE_IDX=write_idx, PIECES=pieces,
+            BIAS=bias_kind(bias), WRITE_IDX=write_idx, PIECES=pieces,
             FUSE_PIECES=cfg.fuse_pieces and pieces == 2, BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, FP64=is_fp64(x.dtype),
             PREC=dot_precision(x.dtype, allow_tf32), num_warps=cfg.num_warps)
@@ -191,21 +222,18 @@ def _maxout_conv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 def _setup(ctx, inputs, output):
     x, weight, bias, pieces, stride, padding = inputs[:6]
     ctx.save_for_backward(x, weight, output[1])
-    ctx.conv = (pieces, stride, padding, bias is not None)
+    ctx.conv = (pieces, stride, padding, bias_kind(bias))
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_y, _grad_idx):
     first_order_only("maxout_conv2d", "triton")
     x, weight, idx = ctx.saved_tensors
-    pieces, stride, padding, has_bias = ctx.conv
+    pieces, stride, padding, bias = ctx.conv
     n, h_out, w_out, c_out = grad_y.shape
     grad_pre = scatter_to_pieces(grad_y.reshape(n * h_out * w_out, c_out), idx.view(-1, c_out), pieces)
     grad_pre = grad_pre.view(n, h_out, w_out, c_out * pieces).permute(0, 3, 1, 2)
-    need = ctx.needs_input_grad
-    gx, gw, gb = torch.ops.aten.convolution_backward(
-        grad_pre, x, weight, [weight.shape[0]] if has_bias else None, [stride, stride], [padding, padding],
-        [1, 1], False, [0, 0], 1, [need[0], need[1], has_bias and need[2]])
+    gx, gw, gb = conv_backward(grad_pre, x, weight, bias, stride, padding, ctx.needs_input_grad[:3])
     return (gx, gw, gb) + (None,) * 10
 
 
@@ -216,7 +244,8 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None, 
                        config: Optional[GemmConfig] = None):
     """The reference ``maxout_conv2d_impl``: ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` (returned with
     channels-last strides); ``pool`` runs PyTorch's max-pooling on that output. ``config`` overrides the
-    heuristic tiles (tests use it). A tied bias only (``unsupported`` turns an untied one away)."""
+    heuristic tiles (tests use it). The bias is tied ``(C_out*pieces,)`` or untied ``(C_out*pieces, H_out,
+    W_out)``."""
     geo = conv_geometry(x, weight, pieces, stride, padding)
     cfg = config or gemm_config(geo.m, geo.c_out, geo.c_in, pieces, x.dtype)
     y, _ = _maxout_conv2d_op(

@@ -81,30 +81,32 @@ def _kernel_backend(name):
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("pool", [None, (3, 2), (2, 2)])
-def test_kernels_match_reference_with_untied_bias(backend, dtype, pool):
+@pytest.mark.parametrize("pieces", [2, 3])    # 2: the kernels' fused two-piece path; 3: one pass per piece
+def test_kernels_match_reference_with_untied_bias(backend, dtype, pool, pieces):
     backend = _kernel_backend(backend)
-    x, w, b = _r(3, 5, 11, 9), _r(14, 5, 3, 3), _r(14, 11, 9)     # pad 1 keeps 11x9
+    x, w, b = _r(3, 5, 11, 9), _r(7 * pieces, 5, 3, 3), _r(7 * pieces, 11, 9)     # pad 1 keeps 11x9
 
     def kernel(x, w, b):
-        return ops.maxout_conv2d(x, w, b, 2, 1, 1, pool, backend=backend)
+        return ops.maxout_conv2d(x, w, b, pieces, 1, 1, pool, backend=backend)
 
     def ref(x, w, b):
-        return reference.maxout_conv2d(x, w, b, 2, 1, 1, pool)
+        return reference.maxout_conv2d(x, w, b, pieces, 1, 1, pool)
 
     check_against_reference(kernel, ref, (x, w, b), dtype, names=["x", "weight", "bias"], margin=EPS_MARGIN)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_hint_loss_kernels_match_reference_with_untied_bias(backend, dtype):
+@pytest.mark.parametrize("pieces, activation", [(2, "maxout"), (3, "maxout"), (1, "relu")])
+def test_hint_loss_kernels_match_reference_with_untied_bias(backend, dtype, pieces, activation):
     backend = _kernel_backend(backend)
-    g, h, w, b = _r(3, 7, 6, 6), _r(3, 5, 5, 5), _r(10, 7, 2, 2), _r(10, 5, 5)
+    g, h, w, b = _r(3, 7, 6, 6), _r(3, 5, 5, 5), _r(5 * pieces, 7, 2, 2), _r(5 * pieces, 5, 5)
 
     def kernel(g, h, w, b):
-        return ops.hint_loss(g, h, w, b, 2, backend=backend)
+        return ops.hint_loss(g, h, w, b, pieces, activation=activation, backend=backend)
 
     def ref(g, h, w, b):
-        return reference.hint_loss(g, h, w, b, 2)
+        return reference.hint_loss(g, h, w, b, pieces, activation=activation)
 
     check_against_reference(kernel, ref, (g, h, w, b), dtype, names=["guided", "hint", "weight", "bias"])
 
