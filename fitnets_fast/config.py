@@ -184,7 +184,7 @@ _CIFAR = dict(
 PRESETS: Dict[str, Dict[str, Any]] = {
     "digits": dict(
         description="Embedded 8x8 digits: small maxout teacher, thin deep maxout student; teacher + backprop, "
-                    "KD and FitNets rows (--seeds 0,1,2 repeats it and reports mean ± std)",
+                    "KD and FitNets rows, over seeds 0, 1, 2 on the command line (mean ± std)",
         dataset="digits", teacher="teacher_digits", student="fitnet_digits",
         teacher_lr=0.2, teacher_lr_schedule="linear", teacher_lr_start=1, teacher_lr_saturate=60,
         teacher_lr_decay_factor=0.1, teacher_momentum=0.5, teacher_momentum_final=0.7,

@@ -406,11 +406,12 @@ def build(name: str, num_classes: int = 10, **options) -> nn.Module:
     return MaxoutNet(spec, num_classes, **options)
 
 
-def build_regressor(teacher_hint_shape: Shape, student_guided_shape: Shape, pieces: int = 2, *,
-                    untied_bias: bool = False, backend: str = "auto") -> HintLoss:
+def build_regressor(teacher_hint_shape: Shape, student_guided_shape: Shape, pieces: Optional[int] = None, *,
+                    activation: str = "maxout", untied_bias: bool = False, backend: str = "auto") -> HintLoss:
     """The FitNets regressor (and hint loss) from the student's guided map to the teacher's hint map.
 
-    A valid (unpadded, stride 1) maxout conv, ``pieces`` pieces (the teacher hint layer's), kernel
+    A valid (unpadded, stride 1) conv followed by the teacher hint layer's non-linearity ``activation``
+    ("maxout" with ``pieces`` pieces, default 2; "relu"; "none"), kernel
     ``N_g - N_h + 1`` per spatial dim, ``C_g -> C_h`` channels, init U(-0.05, 0.05), max-norm 0.9 [C].
     Shapes are ``(C, H, W)``. E.g. FitNet 4 from the CIFAR teacher: ``(192, 7, 7)`` from ``(80, 8, 8)``
     gives a 2x2 kernel, 80 -> 192 x 2 pieces. Equal shapes still get a 1x1 regressor (the released code
@@ -427,5 +428,5 @@ def build_regressor(teacher_hint_shape: Shape, student_guided_shape: Shape, piec
     if kh != kw:
         raise ValueError(f"the regressor kernel would be {kh}x{kw}; HintLoss supports square kernels only "
                          f"(hint {hint}, guided {guided})")
-    return HintLoss(guided[0], hint[0], kh, pieces, untied_bias=hint[1:] if untied_bias else None, max_norm=0.9,
-                    init_range=0.05, backend=backend)
+    return HintLoss(guided[0], hint[0], kh, pieces, activation=activation,
+                    untied_bias=hint[1:] if untied_bias else None, max_norm=0.9, init_range=0.05, backend=backend)

@@ -52,20 +52,14 @@ def paper(hint_module: nn.Module, hint_shape: Shape, guided_shape: Shape, *, bac
     the kernel would not be square."""
     hint, guided = _map_shape("hint", hint_shape), _map_shape("guided", guided_shape)
     activation, pieces = hint_activation(hint_module)
-    if hint[1] > guided[1] or hint[2] > guided[2]:
-        raise ValueError(f"the teacher hint map {hint[1]}x{hint[2]} is larger than the student guided map "
-                         f"{guided[1]}x{guided[2]}: the paper's valid-conv regressor can only shrink a map; use "
-                         f"regressor='conv_bn_relu' (a transposed conv for a map half the size) or pick a "
-                         f"deeper hint / shallower guided module")
-    kh, kw = guided[1] - hint[1] + 1, guided[2] - hint[2] + 1
-    if kh != kw:
-        raise ValueError(f"the paper regressor's kernel would be {kh}x{kw}, but it must be square (hint {hint}, "
-                         f"guided {guided}); use regressor='conv_bn_relu'")
-    if activation == "maxout":   # untied biases when the hint layer's are (the released code copies tied_b)
-        untied = getattr(hint_module, "untied_bias", None) is not None
-        return _models.build_regressor(hint, guided, pieces, untied_bias=untied, backend=backend)
-    return HintLoss(guided[0], hint[0], kh, 1, max_norm=0.9, init_range=0.05, activation=activation,
-                    backend=backend)
+    # Untied biases when the hint layer's are (the released code copies the hint layer's tied_b).
+    untied = activation == "maxout" and getattr(hint_module, "untied_bias", None) is not None
+    try:
+        return _models.build_regressor(hint, guided, pieces if activation == "maxout" else None,
+                                       activation=activation, untied_bias=untied, backend=backend)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or use regressor='conv_bn_relu' (a transposed conv for a map half the size)") \
+            from None
 
 
 class HintRegression(nn.Module):

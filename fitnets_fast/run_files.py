@@ -64,6 +64,9 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(run_dir)
         self.run_dir, self.has_checkpoint = run_dir, has_checkpoint
 
+    def __reduce__(self):   # pickled whole: a seed's worker process sends it back to the parent
+        return type(self), (self.run_dir, self.has_checkpoint)
+
     def advice(self) -> str:
         """One sentence on the state of the folder and how to continue."""
         if self.has_checkpoint:

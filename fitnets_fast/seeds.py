@@ -3,6 +3,7 @@
 ``train_seeds(preset, out_dir, seeds=[0, 1, 2], ...)`` runs ``fitnets_fast.trainer.train`` once per seed,
 each in its own sub-folder, and aggregates. Layout of a multi-seed run folder::
 
+    run.json, run.lock   the run's id; the lock held by the process running or resuming it (as a single run's)
     seeds.json           what was asked (preset, seeds, overrides, data_dir, device); written first
     seed-<n>/            a complete single run (config.json, metrics.jsonl, checkpoints, models, summary.json,
                          curves.png), resumable (``fitnets-fast train --resume <run>/seed-<n>``) and
@@ -22,12 +23,18 @@ Linux unless CUDA is already initialised, else spawned); with
 shared teacher's seed runs first, alone. ``train_seeds(resume=RUN_DIR)`` finishes every seed: a finished
 seed (``summary.json``) is read, an interrupted one resumed from its checkpoint, one not started (or stopped
 before its first checkpoint) started from scratch.
+
+The folder has a single run's guarantees: it is created atomically (``runs/<preset>-<time>``, with a ``-2``,
+... suffix when two runs start in the same second) and locked for the whole run or resume, so a second
+process on it gets ``RunFolderError`` naming the holder; Ctrl-C raises ``RunInterrupted`` naming the parent
+folder, whose resume finishes every seed.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .config import make_config
-from .run_files import RunDir, format_table
+from .run_files import RunDir, RunInterrupted, format_table
 
 __all__ = ["train_seeds", "aggregate", "is_multi_seed_run", "parse_seeds", "default_seeds", "seed_dir",
            "DEFAULT_SEEDS", "MANIFEST"]
@@ -45,10 +52,9 @@ MANIFEST = "seeds.json"
 _FORMAT = "fitnets_fast/seeds-v1"
 
 #: Seeds that ``fitnets-fast train`` runs for a preset when neither ``--seed`` nor ``--seeds`` is given
-#: (other presets: seed 0, a single run folder). The digits preset is small enough to repeat.
-# Presets whose command-line run repeats over several seeds by default (none yet: a run folder made through
-# the multi-seed layer does not yet have every guarantee of a single run, so several seeds are asked for).
-DEFAULT_SEEDS: Dict[str, List[int]] = {}
+#: (other presets: seed 0, a single run folder). The digits preset is small enough to repeat: one seed's
+#: table cannot tell its rows apart (one test image is 0.28 points).
+DEFAULT_SEEDS: Dict[str, List[int]] = {"digits": [0, 1, 2]}
 
 
 def _under_torchrun() -> bool:
@@ -112,10 +118,9 @@ def _seed_summary(job: Dict[str, Any], quiet: bool = True,
     if run.last_path.is_file():
         return trainer.train(resume=str(run.path), data_dir=job["data_dir"], device=job["device"], quiet=quiet,
                              callback=callback)
-    # Not started, or stopped before its first checkpoint: nothing trained to keep.
-    for path in (run.config_path, run.metrics_path):
-        if path.exists():
-            path.unlink()
+    # Not started, or stopped before its first checkpoint: nothing trained to keep (the parent folder's lock
+    # keeps any other process away from it).
+    shutil.rmtree(run.path, ignore_errors=True)
     return trainer.train(job["preset"], out_dir=str(run.path), data_dir=job["data_dir"], device=job["device"],
                          seed=job["seed"], quiet=quiet, callback=callback, **job["overrides"])
 
@@ -187,19 +192,21 @@ def train_seeds(preset: str = "digits", out_dir: Optional[str] = None, data_dir:
     """Run ``preset`` once per seed of ``seeds`` and return the aggregated summary (also written to
     ``<out_dir>/summary.json``, with ``curves.png``; the table is printed unless ``quiet``).
 
-    ``out_dir`` (default ``runs/<preset>-<UTC time>``) must not hold a run; each seed's run goes to
+    ``out_dir`` (default ``runs/<preset>-<UTC time>``, with a ``-2``, ... suffix when taken) must not hold a
+    run; it is claimed and locked before anything runs. Each seed's run goes to
     ``<out_dir>/seed-<n>``. ``data_dir``, ``device``, ``overrides`` (any ``Config`` field but ``seed``) are
     those of ``fitnets_fast.trainer.train``. ``resume``: a multi-seed run folder to finish (``preset``,
     ``seeds`` and ``overrides`` come from its ``seeds.json``). ``workers``: processes running seeds at once
     (default: one per CPU core, at most one per seed; a ``callback``, called with each epoch's metrics
-    record, needs ``workers=1``).
+    record, needs ``workers=1``). Raises ``RunFolderError`` when another process holds the folder and
+    ``RunInterrupted`` (naming this folder, to resume) on Ctrl-C.
 
     Summary keys: ``seeds``, ``teacher_source`` (how the teacher was obtained), ``rows`` (per row:
     ``row``, ``model``, ``params``, ``mults``, ``n``, and ``aggregate()`` dicts for ``test_acc_best``,
     ``test_acc_last``, ``epochs``, ``speedup``), ``per_seed`` (each seed's run folder and rows, as its own
     summary has them), ``train_seconds`` (summed over seeds), ``wall_seconds`` of this call, ``files``.
     """
-    from .trainer import default_out_dir
+    from .trainer import default_out_dir, resolve_device
 
     t0 = time.perf_counter()
     if _under_torchrun():
@@ -210,24 +217,43 @@ def train_seeds(preset: str = "digits", out_dir: Optional[str] = None, data_dir:
         run = RunDir(resume)
         if not is_multi_seed_run(run.path):
             raise ValueError(f"{str(run.path)!r} is not a multi-seed run folder (no {MANIFEST})")
-        manifest = json.loads((run.path / MANIFEST).read_text())
-        if manifest.get("format") != _FORMAT:
-            raise ValueError(f"{str(run.path / MANIFEST)!r} is not a {_FORMAT!r} file")
-        preset, seeds, overrides = manifest["preset"], manifest["seeds"], manifest["overrides"]
-        data_dir = data_dir if data_dir is not None else manifest["data_dir"]
-        device = device if device is not None else manifest["device"]
+        run.claim()
     else:
         seeds = _check_seeds(seeds)
         if "seed" in overrides:
             raise ValueError("give the seeds with seeds=[...], not seed=")
-        run = RunDir(default_out_dir(preset) if out_dir is None else out_dir)
-        if is_multi_seed_run(run.path) or run.config_path.exists():
-            raise ValueError(f"out_dir {str(run.path)!r} already holds a run; resume it with "
-                             f"resume={str(run.path)!r} or pick another folder")
-        make_config(preset, **overrides)          # bad settings fail here, before any process starts
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.write_json(run.path / MANIFEST, {"format": _FORMAT, "preset": preset, "seeds": seeds,
-                                             "overrides": overrides, "data_dir": data_dir, "device": device})
+        make_config(preset, **overrides)          # bad settings fail here, before any folder or process
+        resolve_device(device)
+        run = RunDir.create(out_dir, default=default_out_dir(preset),
+                            settings={"kind": "seeds", "preset": preset, "seeds": seeds})
+    try:
+        if resume is not None:
+            manifest = json.loads((run.path / MANIFEST).read_text())
+            if manifest.get("format") != _FORMAT:
+                raise ValueError(f"{str(run.path / MANIFEST)!r} is not a {_FORMAT!r} file")
+            preset, seeds, overrides = manifest["preset"], manifest["seeds"], manifest["overrides"]
+            data_dir = data_dir if data_dir is not None else manifest["data_dir"]
+            device = device if device is not None else manifest["device"]
+        else:
+            run.write_json(run.path / MANIFEST, {"format": _FORMAT, "preset": preset, "seeds": seeds,
+                                                 "overrides": overrides, "data_dir": data_dir, "device": device})
+        try:
+            summary = _train_all_seeds(run, preset, data_dir, device, seeds, overrides, quiet, callback, workers)
+        except KeyboardInterrupt:
+            raise RunInterrupted(str(run.path), True) from None
+        summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        run.write_json(run.summary_path, summary)
+    finally:
+        run.release()
+    if not quiet:
+        print(format_table(summary))
+    return summary
+
+
+def _train_all_seeds(run: RunDir, preset: str, data_dir: Optional[str], device: Optional[str], seeds: List[int],
+                     overrides: Dict[str, Any], quiet: bool, callback, workers: Optional[int]) -> Dict[str, Any]:
+    """Finish every seed's sub-folder of the (locked) multi-seed folder ``run``; write its ``curves.png``
+    and return the aggregate summary (``train_seeds``'s keys but ``wall_seconds``)."""
     cfg = make_config(preset, **overrides)
     if workers is None:
         workers = 1 if callback is not None else min(len(seeds), _cores())
@@ -255,13 +281,9 @@ def train_seeds(preset: str = "digits", out_dir: Optional[str] = None, data_dir:
     per_seed = [summaries[s] for s in seeds]
     summary = _aggregate_runs(per_seed, seeds, teacher_shared=teacher_shared)
     summary.update(preset=preset, run_dir=str(run.path), teacher_source=teacher_source,
-                   wall_seconds=round(time.perf_counter() - t0, 2),
                    files={"manifest": str(run.path / MANIFEST), "summary": str(run.summary_path),
                           "plot": str(run.plot_path), "seeds": {str(s): str(seed_dir(run.path, s)) for s in seeds}})
-    run.write_json(run.summary_path, summary)
     run.plot(*[RunDir(seed_dir(run.path, s)).read_metrics() for s in seeds])
-    if not quiet:
-        print(format_table(summary))
     return summary
 
 

@@ -108,17 +108,24 @@ def test_ctrl_c_message_tells_whether_a_checkpoint_exists(tmp_path, capsys, monk
     monkeypatch.setattr(RunDir, "save_checkpoint", interrupted_save)
     for saves, out in ((0, tmp_path / "first"), (1, tmp_path / "second")):
         limit.update(saves=saves, done=0)
-        assert cli.main(["train", "--out", str(out), "--device", "cpu", "--quiet"] + TINY_SET) == 130
+        assert cli.main(["train", "--out", str(out), "--device", "cpu", "--quiet", "--seed", "0"] + TINY_SET) == 130
         err = capsys.readouterr().err
         if saves == 0:
             assert "before the first checkpoint: nothing was saved yet" in err and "intact" not in err
         else:
             assert "the last checkpoint is intact" in err
         assert f"--resume {out}" in err
+    # The default several-seed run, its seeds in worker processes: the message names the parent folder.
+    limit.update(saves=1, done=0)
+    seeds_out = tmp_path / "seeds"
+    assert cli.main(["train", "--out", str(seeds_out), "--device", "cpu", "--quiet"] + TINY_SET) == 130
+    assert f"--resume {seeds_out}`" in capsys.readouterr().err
     monkeypatch.undo()
     assert cli.main(["train", "--resume", str(tmp_path / "first"), "--quiet"]) == 0
     assert "starting the run again from the beginning" in capsys.readouterr().err
     assert [r["epoch"] for r in RunDir(tmp_path / "first").read_metrics()] == [1, 2]
+    assert cli.main(["train", "--resume", str(seeds_out), "--quiet"]) == 0
+    assert "3 seeds (0, 1, 2)" in capsys.readouterr().out
 
 
 def test_errors_are_one_line_and_leave_the_folder_consistent(tmp_path, capsys, monkeypatch):
@@ -169,7 +176,7 @@ def test_errors_are_one_line_and_leave_the_folder_consistent(tmp_path, capsys, m
 
     monkeypatch.setattr(RunDir, "save_checkpoint", full_disk)
     out = tmp_path / "full"
-    assert cli.main(["train", "--out", str(out), "--device", "cpu", "--quiet"] + TINY_SET) == 1
+    assert cli.main(["train", "--out", str(out), "--device", "cpu", "--quiet", "--seed", "0"] + TINY_SET) == 1
     assert f"No space left on device ({RunDir(out).last_path}); the run folder keeps its last checkpoint" in \
         _error_line(capsys)
     monkeypatch.undo()

@@ -2,12 +2,13 @@
 the shared teacher (tiny synthetic runs on CPU)."""
 import json
 import math
+import os
 
 import pytest
 
 import fitnets_fast
-from fitnets_fast import cli, seeds
-from fitnets_fast.run_files import RunDir, format_table
+from fitnets_fast import cli, seeds, trainer
+from fitnets_fast.run_files import RunDir, RunFolderError, RunInterrupted, format_table
 
 TINY = dict(dataset="synthetic", preprocessing="none", device="cpu", quiet=True,
             dataset_options={"n_train": 192, "n_test": 60, "num_classes": 4, "image_shape": [1, 8, 8], "noise": 20.0},
@@ -77,8 +78,9 @@ def test_seeds_aggregate_resume_and_table(tmp_path):
         if len(seen) > 12 and record["row"] == "kd":   # inside seed 1 (a seed makes 2 + 2 + 2 + 1 + 2 records)
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted) as stopped:      # names the parent folder: its resume finishes every seed
         fitnets_fast.train("digits", out_dir=str(cut), seeds=[0, 1, 2], callback=stop, **TINY)
+    assert stopped.value.run_dir == str(cut) and f"--resume {cut}" in stopped.value.advice()
     assert (cut / "seed-0" / "summary.json").is_file() and not (cut / "seed-1" / "summary.json").exists()
     assert not (cut / "seed-2").exists() and not (cut / "summary.json").exists()
     seed0_mtime = (cut / "seed-0" / "summary.json").stat().st_mtime_ns
@@ -91,6 +93,34 @@ def test_seeds_aggregate_resume_and_table(tmp_path):
             == {r: {k: v[k] for k in ("test_acc_best", "test_acc_last", "epochs")} for r, v in per_seed[s].items()}
     for a, b in zip(resumed["rows"], summary["rows"]):
         assert a["test_acc_best"] == b["test_acc_best"] and a["test_acc_last"] == b["test_acc_last"]
+
+
+def test_the_parent_folder_is_claimed_atomically_and_locked(tmp_path, monkeypatch):
+    """Two launches with the same default folder name get two folders; while a multi-seed run is going, a
+    resume of its folder (here from inside the run, as another process would) is refused, naming the holder."""
+    monkeypatch.setattr(trainer, "default_out_dir", lambda preset: str(tmp_path / "runs" / preset))
+    tries = []
+
+    def resume_meanwhile(record):
+        if not tries:
+            with pytest.raises(RunFolderError, match=f"in use by process {os.getpid()}"):
+                fitnets_fast.train(resume=str(tmp_path / "runs" / "digits"), quiet=True)
+            tries.append(record)
+
+    small = dict(TINY, methods=[])
+    first = fitnets_fast.train("digits", seeds=[0, 1], callback=resume_meanwhile, **small)
+    second = fitnets_fast.train("digits", seeds=[0, 1], workers=1, **small)
+    assert tries and (first["run_dir"], second["run_dir"]) == (str(tmp_path / "runs" / "digits"),
+                                                               str(tmp_path / "runs" / "digits-2"))
+    run_ids = {json.loads((tmp_path / "runs" / d / "run.json").read_text())["run_id"] for d in ("digits", "digits-2")}
+    assert len(run_ids) == 2
+
+
+def test_the_command_line_runs_three_seeds_of_the_digits_preset_by_default():
+    args = cli.build_parser().parse_args(["train"])
+    assert cli._run_settings(args)["seeds"] == [0, 1, 2]
+    assert "seeds" not in cli._run_settings(cli.build_parser().parse_args(["train", "--seed", "4"]))
+    assert "seeds" not in cli._run_settings(cli.build_parser().parse_args(["train", "--preset", "mnist"]))
 
 
 def test_cli_seeds_with_shared_teacher_trains_one_teacher(tmp_path, capsys):
