@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
@@ -44,18 +45,22 @@ def _load_teacher(teacher: Union[nn.Module, str, Path]) -> Tuple[nn.Module, str,
     return model, info["model"], info["options"], path
 
 
-def distill(teacher: Union[nn.Module, str, Path], student: nn.Module, train: Data, valid: Optional[Data] = None,
+Student = Union[nn.Module, Callable[[], nn.Module]]
+
+
+def distill(teacher: Union[nn.Module, str, Path], student: Student, train: Data, valid: Optional[Data] = None,
             test: Optional[Data] = None, *, methods: Sequence[str] = ("fitnets",),
             hint: Union[int, str, None] = None, guided: Union[int, str, None] = None,
             regressor: Union[str, nn.Module] = "paper", out_dir: Optional[str] = None, device: str = "auto",
-            seed: int = 0, quiet: bool = False, resume: bool = False,
+            seed: int = 0, seeds: Optional[Sequence[int]] = None, quiet: bool = False, resume: bool = False,
             callback: Optional[Callable[[Dict[str, Any]], None]] = None, **settings: Any) -> Dict[str, Any]:
     """Distil a trained ``teacher`` into ``student`` by each of ``methods`` and return the run's summary.
 
     ``teacher``: a trained ``nn.Module`` returning logits (frozen here: eval mode, no gradients) or the
     path of a saved model (a ``fitnets_fast`` model file or ``torch.save(module, path)``). ``student``: an
-    ``nn.Module`` returning logits; it is copied for every row, so each row starts from its weights as given
-    (they are not changed). ``train`` / ``valid`` / ``test``: a pair of tensors ``(images, labels)``, kept
+    ``nn.Module`` returning logits, copied for every row, so each row starts from its weights as given (they
+    are not changed); or a function of no arguments returning a new one, called once after
+    ``torch.manual_seed(seed)`` (so each seed of ``seeds`` starts from its own initialisation). ``train`` / ``valid`` / ``test``: a pair of tensors ``(images, labels)``, kept
     on the device (the fast path), or a ``DataLoader`` (any iterable of ``(images, labels)`` batches).
     ``valid=None``: no validation split; early stopping and the kept epoch then use the last epoch (the
     summary says so). ``test=None``: no test accuracy.
@@ -72,9 +77,28 @@ def distill(teacher: Union[nn.Module, str, Path], student: nn.Module, train: Dat
     uninterrupted run. ``settings``: any ``fitnets_fast.config.Config`` field (epochs, patience, learning
     rate, temperature, lambda schedule, amp, ...; the defaults are the paper's CIFAR recipe: RMSProp lr
     0.005, 500 epochs, patience 100). ``callback(record)`` runs after every epoch's checkpoint.
+
+    ``seeds=[0, 1, 2]``: one run per seed in ``out_dir/seed-<n>`` (``seed`` is then not given), every seed
+    with the same teacher; returns the aggregate (mean ± sample std of each row over the seeds, as
+    ``fitnets_fast.seeds.train_seeds``), also written to ``out_dir/summary.json``. With a module as
+    ``student`` every seed starts from its weights (only the data order and dropout vary); give a function
+    to vary the initialisation too. ``resume=True`` finishes every seed.
     """
+    if seeds is not None:
+        if seed != 0:
+            raise ValueError("give seed= (one run) or seeds= (several), not both")
+        args = dict(train=train, valid=valid, test=test, methods=methods, hint=hint, guided=guided,
+                    regressor=regressor, device=device, quiet=quiet, callback=callback, **settings)
+        return _distill_seeds(teacher, student, seeds, out_dir, resume, args)
     if not isinstance(student, nn.Module):
-        raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
+        if not callable(student):
+            raise TypeError(f"student must be an nn.Module or a function returning one, got "
+                            f"{type(student).__name__}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            student = student()
+        if not isinstance(student, nn.Module):
+            raise TypeError(f"the student function must return an nn.Module, got {type(student).__name__}")
     teacher, teacher_name, teacher_options, origin = _load_teacher(teacher)
     given = dict(preset="distill", dataset="custom", description="fitnets_fast.distill", methods=list(methods),
                  seed=seed, device=device, hint_layer=hint, guided_layer=guided,
@@ -117,6 +141,30 @@ def distill(teacher: Union[nn.Module, str, Path], student: nn.Module, train: Dat
                     num_classes=num_classes, augment=None)
 
     return run(cfg, run_dir, ck, build, quiet=quiet, callback=callback, extra={})
+
+
+def _distill_seeds(teacher, student: Student, seeds: Sequence[int], out_dir: Optional[str], resume: bool,
+                   args: Dict[str, Any]) -> Dict[str, Any]:
+    """``distill`` once per seed in the sub-folders of a locked multi-seed folder, then the aggregate."""
+    from .seeds import check_seeds, finish_seed, multi_seed_folder, seed_dir, write_aggregate
+
+    t0 = time.perf_counter()
+    seeds = check_seeds(seeds)
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
+    teacher, _, _, origin = _load_teacher(teacher)
+    manifest = None if resume else {"kind": "distill", "seeds": seeds}
+    with multi_seed_folder(out_dir, default_out_dir("distill"), manifest, out_dir if resume else None) as (run, saved):
+        if saved["seeds"] != seeds:
+            raise ValueError(f"resume=True needs the run's own seeds: {out_dir!r} has {saved['seeds']}, got {seeds}")
+        per_seed = []
+        for s in seeds:
+            folder = str(seed_dir(run.path, s))
+            per_seed.append(finish_seed(
+                folder, start=lambda s=s, f=folder: distill(teacher, student, out_dir=f, seed=s, **args),
+                resume=lambda s=s, f=folder: distill(teacher, student, out_dir=f, seed=s, resume=True, **args)))
+        return write_aggregate(run, per_seed, seeds, True, t0, args["quiet"], preset="distill",
+                               teacher_source=f"the same teacher for every seed ({origin})")
 
 
 def _first(data: Data) -> Tuple[torch.Tensor, torch.Tensor]:

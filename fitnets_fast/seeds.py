@@ -37,16 +37,17 @@ import os
 import shutil
 import statistics
 import time
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .config import make_config
 from .run_files import RunDir, RunInterrupted, format_table
 
 __all__ = ["train_seeds", "aggregate", "is_multi_seed_run", "parse_seeds", "default_seeds", "seed_dir",
-           "DEFAULT_SEEDS", "MANIFEST"]
+           "multi_seed_folder", "finish_seed", "write_aggregate", "check_seeds", "DEFAULT_SEEDS", "MANIFEST"]
 
 MANIFEST = "seeds.json"
 _FORMAT = "fitnets_fast/seeds-v1"
@@ -73,10 +74,10 @@ def parse_seeds(text: str) -> List[int]:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise ValueError(f"--seeds expects comma-separated integers such as 0,1,2, got {text!r}") from None
-    return _check_seeds(seeds)
+    return check_seeds(seeds)
 
 
-def _check_seeds(seeds: Sequence[int]) -> List[int]:
+def check_seeds(seeds: Sequence[int]) -> List[int]:
     seeds = list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
@@ -112,17 +113,26 @@ def _seed_summary(job: Dict[str, Any], quiet: bool = True,
     """Finish one seed's run folder (read, resume or start it) and return its summary."""
     from . import trainer
 
-    run = RunDir(job["dir"])
+    return finish_seed(
+        job["dir"],
+        start=lambda: trainer.train(job["preset"], out_dir=job["dir"], data_dir=job["data_dir"],
+                                    device=job["device"], seed=job["seed"], quiet=quiet, callback=callback,
+                                    **job["overrides"]),
+        resume=lambda: trainer.train(resume=job["dir"], data_dir=job["data_dir"], device=job["device"],
+                                     quiet=quiet, callback=callback))
+
+
+def finish_seed(path, start: Callable[[], Dict[str, Any]], resume: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    """The summary of the seed folder ``path`` of a (locked) multi-seed run: read when finished,
+    ``resume()`` when it has a checkpoint, else (not started, or stopped before its first checkpoint: nothing
+    trained to keep) the folder is removed and ``start()`` runs it from the beginning."""
+    run = RunDir(path)
     if run.summary_path.is_file():
         return json.loads(run.summary_path.read_text())
     if run.last_path.is_file():
-        return trainer.train(resume=str(run.path), data_dir=job["data_dir"], device=job["device"], quiet=quiet,
-                             callback=callback)
-    # Not started, or stopped before its first checkpoint: nothing trained to keep (the parent folder's lock
-    # keeps any other process away from it).
+        return resume()
     shutil.rmtree(run.path, ignore_errors=True)
-    return trainer.train(job["preset"], out_dir=str(run.path), data_dir=job["data_dir"], device=job["device"],
-                         seed=job["seed"], quiet=quiet, callback=callback, **job["overrides"])
+    return start()
 
 
 def _worker_init(threads: int) -> None:
@@ -211,49 +221,81 @@ def train_seeds(preset: str = "digits", out_dir: Optional[str] = None, data_dir:
     t0 = time.perf_counter()
     if _under_torchrun():
         raise ValueError("several seeds cannot run under torchrun; launch one run per seed (--seed N)")
-    if resume is not None:
-        if overrides:
-            raise ValueError(f"resume takes the saved settings; got overrides {sorted(overrides)}")
-        run = RunDir(resume)
-        if not is_multi_seed_run(run.path):
-            raise ValueError(f"{str(run.path)!r} is not a multi-seed run folder (no {MANIFEST})")
-        run.claim()
-    else:
-        seeds = _check_seeds(seeds)
+    if resume is not None and overrides:
+        raise ValueError(f"resume takes the saved settings; got overrides {sorted(overrides)}")
+    manifest = None
+    if resume is None:
+        seeds = check_seeds(seeds)
         if "seed" in overrides:
             raise ValueError("give the seeds with seeds=[...], not seed=")
         make_config(preset, **overrides)          # bad settings fail here, before any folder or process
         resolve_device(device)
-        run = RunDir.create(out_dir, default=default_out_dir(preset),
-                            settings={"kind": "seeds", "preset": preset, "seeds": seeds})
-    try:
+        manifest = {"kind": "train", "preset": preset, "seeds": seeds, "overrides": overrides,
+                    "data_dir": data_dir, "device": device}
+    with multi_seed_folder(out_dir, default_out_dir(preset), manifest, resume) as (run, manifest):
         if resume is not None:
-            manifest = json.loads((run.path / MANIFEST).read_text())
-            if manifest.get("format") != _FORMAT:
-                raise ValueError(f"{str(run.path / MANIFEST)!r} is not a {_FORMAT!r} file")
             preset, seeds, overrides = manifest["preset"], manifest["seeds"], manifest["overrides"]
             data_dir = data_dir if data_dir is not None else manifest["data_dir"]
             device = device if device is not None else manifest["device"]
+        per_seed, teacher_source, teacher_shared = _train_all_seeds(
+            run, preset, data_dir, device, seeds, overrides, quiet, callback, workers)
+        return write_aggregate(run, per_seed, seeds, teacher_shared, t0, quiet, preset=preset,
+                               teacher_source=teacher_source)
+
+
+@contextmanager
+def multi_seed_folder(out_dir: Optional[str], default: str, manifest: Optional[Dict[str, Any]],
+                      resume: Optional[str]) -> Iterator[Tuple[RunDir, Dict[str, Any]]]:
+    """The parent folder of a multi-seed run, locked while the ``with`` block runs: ``(RunDir, manifest)``.
+
+    A new run (``resume`` None): ``out_dir`` (or ``default``, ``default-2``, ...) is created atomically as a
+    single run's (``RunDir.create``) and ``manifest`` (what was asked) written to ``seeds.json``. A resume:
+    the folder ``resume`` is locked (``RunDir.claim``) and its ``seeds.json`` read. A second process on the
+    folder gets ``RunFolderError``; Ctrl-C inside the block raises ``RunInterrupted`` naming the folder."""
+    if resume is None:
+        run = RunDir.create(out_dir, default=default, settings={"kind": "seeds", "seeds": manifest["seeds"]})
+    else:
+        run = RunDir(resume)
+        if not is_multi_seed_run(run.path):
+            raise ValueError(f"{str(run.path)!r} is not a multi-seed run folder (no {MANIFEST})")
+        run.claim()
+    try:
+        if resume is None:
+            manifest = {"format": _FORMAT, **manifest}
+            run.write_json(run.path / MANIFEST, manifest)
         else:
-            run.write_json(run.path / MANIFEST, {"format": _FORMAT, "preset": preset, "seeds": seeds,
-                                                 "overrides": overrides, "data_dir": data_dir, "device": device})
+            manifest = json.loads((run.path / MANIFEST).read_text())
+            if manifest.get("format") != _FORMAT:
+                raise ValueError(f"{str(run.path / MANIFEST)!r} is not a {_FORMAT!r} file")
         try:
-            summary = _train_all_seeds(run, preset, data_dir, device, seeds, overrides, quiet, callback, workers)
+            yield run, manifest
         except KeyboardInterrupt:
             raise RunInterrupted(str(run.path), True) from None
-        summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        run.write_json(run.summary_path, summary)
     finally:
         run.release()
+
+
+def write_aggregate(run: RunDir, per_seed: List[Dict[str, Any]], seeds: List[int], teacher_shared: bool,
+                    t0: float, quiet: bool, **extra: Any) -> Dict[str, Any]:
+    """Aggregate the seeds' summaries (``per_seed``, in ``seeds`` order) into the parent folder ``run``:
+    write ``summary.json`` (with ``extra`` keys, ``wall_seconds`` since ``t0`` and the files) and
+    ``curves.png``, print the table unless ``quiet``, and return the summary."""
+    summary = _aggregate_runs(per_seed, seeds, teacher_shared=teacher_shared)
+    summary.update(extra, run_dir=str(run.path), wall_seconds=round(time.perf_counter() - t0, 2),
+                   files={"manifest": str(run.path / MANIFEST), "summary": str(run.summary_path),
+                          "plot": str(run.plot_path), "seeds": {str(s): str(seed_dir(run.path, s)) for s in seeds}})
+    run.plot(*[RunDir(seed_dir(run.path, s)).read_metrics() for s in seeds])
+    run.write_json(run.summary_path, summary)
     if not quiet:
         print(format_table(summary))
     return summary
 
 
 def _train_all_seeds(run: RunDir, preset: str, data_dir: Optional[str], device: Optional[str], seeds: List[int],
-                     overrides: Dict[str, Any], quiet: bool, callback, workers: Optional[int]) -> Dict[str, Any]:
-    """Finish every seed's sub-folder of the (locked) multi-seed folder ``run``; write its ``curves.png``
-    and return the aggregate summary (``train_seeds``'s keys but ``wall_seconds``)."""
+                     overrides: Dict[str, Any], quiet: bool, callback, workers: Optional[int]
+                     ) -> Tuple[List[Dict[str, Any]], str, bool]:
+    """Finish every seed's sub-folder of the (locked) multi-seed folder ``run``: ``(the seeds' summaries in
+    ``seeds`` order, how the teacher was obtained, whether the seeds share one teacher)``."""
     cfg = make_config(preset, **overrides)
     if workers is None:
         workers = 1 if callback is not None else min(len(seeds), _cores())
@@ -278,13 +320,7 @@ def _train_all_seeds(run: RunDir, preset: str, data_dir: Optional[str], device: 
             job["overrides"]["teacher_checkpoint"] = str(teacher_file)
     summaries.update(_run_jobs(jobs, min(workers, max(len(jobs), 1)), threads, quiet, callback))
 
-    per_seed = [summaries[s] for s in seeds]
-    summary = _aggregate_runs(per_seed, seeds, teacher_shared=teacher_shared)
-    summary.update(preset=preset, run_dir=str(run.path), teacher_source=teacher_source,
-                   files={"manifest": str(run.path / MANIFEST), "summary": str(run.summary_path),
-                          "plot": str(run.plot_path), "seeds": {str(s): str(seed_dir(run.path, s)) for s in seeds}})
-    run.plot(*[RunDir(seed_dir(run.path, s)).read_metrics() for s in seeds])
-    return summary
+    return [summaries[s] for s in seeds], teacher_source, teacher_shared
 
 
 def _aggregate_runs(per_seed: List[Dict[str, Any]], seeds: List[int], teacher_shared: bool) -> Dict[str, Any]:

@@ -185,3 +185,45 @@ def test_forward_to_stops_after_the_named_module():
     assert ran == [0, 1, 2, 3] and out.shape == (2, 8, 8, 8)
     assert [type(m).__name__ for m in features.modules_before(model, "body.5", torch.randn(2, 1, 8, 8))] == [
         "Conv2d"] * 3
+
+
+def test_seeds_build_a_student_per_seed_aggregate_and_resume(tmp_path, digits, teacher):
+    """``seeds=``: the student function is called once per seed (its own initialisation), every seed has its
+    folder, the teacher row counts once; a run interrupted in the second seed resumes to the same numbers."""
+    train, valid, test = digits
+    settings = dict(SETTINGS, methods=("backprop", "fitnets"), hint="features.3", guided="body.5", device="cpu",
+                    quiet=True, max_epochs=2, hint_max_epochs=1)
+    built = []
+
+    def student():
+        built.append(Student())
+        return built[-1]
+
+    full = fitnets_fast.distill(teacher, student, train, valid, test, seeds=[0, 3], out_dir=str(tmp_path / "f"),
+                                **settings)
+    assert len(built) == 2 and not torch.equal(built[0].body[0].weight, built[1].body[0].weight)
+    assert full["seeds"] == [0, 3] and (tmp_path / "f" / "seed-3" / "summary.json").is_file()
+    rows = {r["row"]: r for r in full["rows"]}
+    assert rows["teacher"]["n"] == 1 and rows["backprop"]["n"] == rows["fitnets"]["n"] == 2
+    per_seed = [{r["row"]: r["test_acc_last"] for r in s["rows"]} for s in full["per_seed"]]
+    assert rows["fitnets"]["test_acc_last"]["values"] == [p["fitnets"] for p in per_seed]
+
+    records = []
+
+    def stop(record):
+        records.append(record)
+        if len(records) == 7:      # a seed makes 2 (backprop) + 1 (hints) + 2 (KD) records: inside seed 3
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        fitnets_fast.distill(teacher, student, train, valid, test, seeds=[0, 3], out_dir=str(tmp_path / "c"),
+                             callback=stop, **settings)
+    assert stopped.value.run_dir == str(tmp_path / "c")
+    with pytest.raises(ValueError, match="own seeds"):
+        fitnets_fast.distill(teacher, student, train, valid, test, seeds=[0, 1], out_dir=str(tmp_path / "c"),
+                             resume=True, **settings)
+    again = fitnets_fast.distill(teacher, student, train, valid, test, seeds=[0, 3], out_dir=str(tmp_path / "c"),
+                                 resume=True, **settings)
+    assert [r["test_acc_last"] for r in again["rows"]] == [r["test_acc_last"] for r in full["rows"]]
+    with pytest.raises(ValueError, match="not both"):
+        fitnets_fast.distill(teacher, student, train, seeds=[0, 1], seed=2, **settings)
