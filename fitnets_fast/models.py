@@ -366,7 +366,9 @@ class MaxoutNet(nn.Module):
         for i in range(index + 1):
             p = self.input_dropout[i]
             if self.training and p > 0:
-                x = x * (torch.empty_like(x).bernoulli_(1 - p) * self.input_dropout_scale[i])
+                # Keep where U[0, 1) >= p (probability 1 - p): the mask from torch.rand is about 4x faster on
+                # the CPU than bernoulli_, which took 7% of the MNIST teacher's training step.
+                x = x * torch.rand_like(x).ge_(p).mul_(self.input_dropout_scale[i])
             x = self.layers[i](x)
         return x
 

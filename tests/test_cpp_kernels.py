@@ -169,11 +169,12 @@ def _small_ints(*shape):
 
 @pytest.mark.parametrize("pool", [None, (2, 2), (3, 2)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_maxout_conv2d_bfloat16(pool, channels_last):
+@pytest.mark.parametrize("untied", [False, True])    # untied: one bias per filter and location (12, 9, 8)
+def test_maxout_conv2d_bfloat16(pool, channels_last, untied):
     def view(x, w, b):
         return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), w, b
 
-    tensors = (_small_ints(3, 4, 9, 8), _small_ints(12, 4, 3, 3), _small_ints(12))
+    tensors = (_small_ints(3, 4, 9, 8), _small_ints(12, 4, 3, 3), _small_ints(12, 9, 8) if untied else _small_ints(12))
     _check("maxout_conv2d", tensors + (3, 1, 1, pool), BF16, ["x", "weight", "bias"], view=view)
 
 
@@ -185,7 +186,8 @@ def test_maxout_linear_bfloat16(n, fin, fout, pieces):
 
 @pytest.mark.parametrize("pool", [None, (2, 2), (3, 2)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_maxout_conv2d_bfloat16_bias_add_rounds_like_pytorch(pool, channels_last):
+@pytest.mark.parametrize("untied", [False, True])
+def test_maxout_conv2d_bfloat16_bias_add_rounds_like_pytorch(pool, channels_last, untied):
     """An identity 1x1 conv leaves x exact, so the outputs differ from PyTorch's only by how x + bias is
     rounded: once, to nearest even, like PyTorch's bias-carrying bfloat16 conv (the kernel rounds after the
     max, which gives the same values because rounding is monotonic). Compared bit for bit, NaN included."""
@@ -194,7 +196,7 @@ def test_maxout_conv2d_bfloat16_bias_add_rounds_like_pytorch(pool, channels_last
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.eye(12, dtype=BF16).view(12, 12, 1, 1)
-    b = torch.randn(12).bfloat16()
+    b = torch.randn(12, 9, 8).bfloat16() if untied else torch.randn(12).bfloat16()
     got = ops.maxout_conv2d(x, w, b, 3, pool=pool, backend="cpp")
     want = ops.maxout_conv2d(x, w, b, 3, pool=pool, backend="reference")
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)

@@ -71,11 +71,28 @@ def channels_last_conv_input(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def kernel_shape(shape: torch.Size, pieces: int, channels_last: bool) -> Tuple[int, int, int, int]:
-    """``(M, C, K, S)`` of a ``(N, C*K, *rest)`` pre-activation in the given layout."""
+def kernel_shape(shape: torch.Size, pieces: int, channels_last: bool, untied: bool = False
+                 ) -> Tuple[int, int, int, int]:
+    """``(M, C, K, S)`` of a ``(N, C*K, *rest)`` pre-activation in the given layout. With an ``untied`` bias
+    (channels-last only) every (location, channel) is a channel of its own: ``(N, prod(rest) * C, K, 1)``,
+    whose per-channel bias is the untied bias in ``bias_in_kernel_layout``."""
     n, rest = shape[0], math.prod(shape[2:])
     c = shape[1] // pieces
+    if untied:
+        return n, rest * c, pieces, 1
     return (n * rest, c, pieces, 1) if channels_last else (n, c, pieces, rest)
+
+
+def bias_in_kernel_layout(bias: torch.Tensor) -> torch.Tensor:
+    """A tied bias ``(C*K,)`` as it is; an untied one ``(C*K, *rest)`` as ``(*rest, C*K)`` (contiguous), the
+    order of a channels-last pre-activation's pixels."""
+    return bias.contiguous() if bias.dim() == 1 else bias.movedim(0, -1).contiguous()
+
+
+def bias_from_kernel_layout(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of ``bias_in_kernel_layout`` for an untied bias of ``shape`` ``(C*K, *rest)``, from its
+    flat ``(*rest, C*K)`` values."""
+    return flat.view(*shape[1:], shape[0]).movedim(-1, 0)
 
 
 def empty_in_layout(shape, dtype: torch.dtype, like: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -15,6 +15,7 @@ sums round to the same bfloat16 value the gradient goes to the larger exact sum.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -26,13 +27,15 @@ MAX_PIECES = 256
 
 
 def _maxout_bias(x: torch.Tensor, bias: Optional[torch.Tensor], pieces: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(N, C*K, *rest)`` pre-activation (+ bias ``(C*K,)``) -> (maxout output ``(N, C, *rest)``,
-    winning piece ``uint8 (N, C, *rest)``), both in the layout of ``x`` (see ``_common``)."""
-    channels_last = _common.is_channels_last(x)
+    """``(N, C*K, *rest)`` pre-activation (+ bias: tied ``(C*K,)``, or untied ``(C*K, *rest)``, one per
+    filter and location) -> (maxout output ``(N, C, *rest)``, winning piece ``uint8 (N, C, *rest)``), both
+    in the layout of ``x`` (see ``_common``; channels-last with an untied bias)."""
+    untied = bias is not None and bias.dim() > 1
+    channels_last = untied or _common.is_channels_last(x)
     x = _common.to_layout(x, channels_last)
-    bias = None if bias is None else bias.contiguous()
+    bias = None if bias is None else _common.bias_in_kernel_layout(bias)
     out, piece = maxout_outputs(x, pieces, channels_last)
-    m, c, k, s = _common.kernel_shape(x.shape, pieces, channels_last)
+    m, c, k, s = _common.kernel_shape(x.shape, pieces, channels_last, untied)
     _C.maxout_forward(_common.dtype_name(x), x.data_ptr(), _common.address(bias), out.data_ptr(), piece.data_ptr(),
                       m, c, k, s, _common.threads())
     return out, piece
@@ -51,31 +54,34 @@ def maxout_outputs(x: torch.Tensor, pieces: int, channels_last: bool):
 
 
 def _maxout_bias_backward(grad_out: torch.Tensor, piece: torch.Tensor, scale: Optional[torch.Tensor], pieces: int,
-                         channels_last: bool, bias_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                          channels_last: bool, bias_grad: bool, untied: bool = False
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gradient of ``maxout_bias``: (``grad_in (N, C*K, *rest)`` = ``scale * grad_out`` at each winning piece,
-    0 elsewhere; ``grad_bias (C*K,)`` = ``grad_in`` summed over all but dim 1, or ``(0,)`` if not
+    0 elsewhere; ``grad_bias`` = ``grad_in`` summed over all but dim 1, ``(C*K,)``, or for an ``untied``
+    bias (channels-last) summed over dim 0, flat in the kernel's ``(*rest, C*K)`` order; ``(0,)`` if not
     ``bias_grad``). ``scale``: 0-dim tensor or None (= 1)."""
     grad_out = _common.to_layout(grad_out, channels_last)
-    grad_in, grad_bias = _backward_outputs(grad_out, pieces, channels_last, bias_grad)
-    m, c, k, s = _common.kernel_shape(grad_in.shape, pieces, channels_last)
+    grad_in, grad_bias = _backward_outputs(grad_out, pieces, channels_last, bias_grad, untied)
+    m, c, k, s = _common.kernel_shape(grad_in.shape, pieces, channels_last, untied)
     factor = 1.0 if scale is None else float(scale)
     _C.maxout_backward(_common.dtype_name(grad_out), grad_out.data_ptr(), piece.data_ptr(), factor,
                        grad_in.data_ptr(), grad_bias.data_ptr() if bias_grad else 0, m, c, k, s, _common.threads())
     return grad_in, grad_bias
 
 
-def _maxout_bias_backward_fake(grad_out, piece, scale, pieces, channels_last, bias_grad):
-    return _backward_outputs(grad_out, pieces, channels_last, bias_grad)
+def _maxout_bias_backward_fake(grad_out, piece, scale, pieces, channels_last, bias_grad, untied=False):
+    return _backward_outputs(grad_out, pieces, channels_last, bias_grad, untied)
 
 
 maxout_bias_backward = _common.fused_op("fitnets_fast_cpp::maxout_bias_backward", _maxout_bias_backward,
                                         _maxout_bias_backward_fake)
 
 
-def _backward_outputs(grad_out: torch.Tensor, pieces: int, channels_last: bool, bias_grad: bool):
+def _backward_outputs(grad_out: torch.Tensor, pieces: int, channels_last: bool, bias_grad: bool, untied: bool):
     shape = (grad_out.shape[0], grad_out.shape[1] * pieces, *grad_out.shape[2:])
     grad_in = _common.empty_in_layout(shape, grad_out.dtype, grad_out, channels_last)
-    grad_bias = _alloc.empty((shape[1] if bias_grad else 0,), dtype=grad_out.dtype, device=grad_out.device)
+    bias_size = math.prod(shape[1:]) if untied else shape[1]
+    grad_bias = _alloc.empty((bias_size if bias_grad else 0,), dtype=grad_out.dtype, device=grad_out.device)
     return grad_in, grad_bias
 
 
@@ -84,14 +90,18 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
     ctx.pieces = pieces
-    ctx.channels_last = _common.is_channels_last(x)
-    ctx.has_bias = bias is not None
+    ctx.untied = bias is not None and bias.dim() > 1
+    ctx.channels_last = ctx.untied or _common.is_channels_last(x)
+    ctx.bias_shape = None if bias is None else bias.shape
 
 
 def _backward(ctx, grad_out, _grad_piece):
     (piece,) = ctx.saved_tensors
-    bias_grad = ctx.has_bias and ctx.needs_input_grad[1]
-    grad_in, grad_bias = maxout_bias_backward(grad_out, piece, None, ctx.pieces, ctx.channels_last, bias_grad)
+    bias_grad = ctx.bias_shape is not None and ctx.needs_input_grad[1]
+    grad_in, grad_bias = maxout_bias_backward(grad_out, piece, None, ctx.pieces, ctx.channels_last, bias_grad,
+                                              ctx.untied)
+    if bias_grad and ctx.untied:
+        grad_bias = _common.bias_from_kernel_layout(grad_bias, ctx.bias_shape)
     return grad_in, (grad_bias if bias_grad else None), None
 
 

@@ -5,13 +5,14 @@ converted; the output is channels-last too, so a stack of layers converts once):
 convolutions are up to 3x faster than NCHW ones on the thin layers of FitNets, and the fused kernels read
 adjacent pieces there just as fast. Values are the same either way; only ``Tensor.stride()`` differs.
 Unpooled layers then take ``maxout_bias`` (``fitnets_fast.cpp.maxout``); pooled ones the kernel below.
+Both add a tied ``(C*K,)`` or an untied ``(C*K, H, W)`` bias (one per filter and location) themselves.
 With ``pieces=1`` there is nothing to fuse: the layer is PyTorch's biased convolution (and pooling).
 
 One pass over the channels-last, k-wide pre-activation (the bias-free convolution's output) takes the max
 over the pieces and over each pooling window and writes only the pooled output plus a one-byte index of
 the winner (window pixel and piece), so neither the unpooled maxout output nor PyTorch's int64 pooling
 indices exist. The backward scatters the gradient to the winners (adding where windows overlap) and
-reduces the bias gradient in the same pass. Winners match ``reference.maxout_conv2d``: see
+reduces the bias gradient in the same pass (an untied bias's: summed over the batch only). Winners match ``reference.maxout_conv2d``: see
 ``csrc/maxout_conv.cpp``.
 
 The index holds ``size * size * pieces`` values at most 256; ``fits`` says when a pooling qualifies (a
@@ -52,12 +53,13 @@ def _outputs(pre: torch.Tensor, pieces: int, size: int, stride: int):
 
 def _maxout_pool_bias(pre: torch.Tensor, bias: Optional[torch.Tensor], pieces: int, size: int,
                       stride: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``pre (N, C*K, H, W)`` (+ bias ``(C*K,)``) -> (pooled maxout ``(N, C, Ho, Wo)``, uint8 winner index
-    ``(N, C, Ho, Wo)``), both channels-last."""
+    """``pre (N, C*K, H, W)`` (+ bias: tied ``(C*K,)`` or untied ``(C*K, H, W)``) -> (pooled maxout
+    ``(N, C, Ho, Wo)``, uint8 winner index ``(N, C, Ho, Wo)``), both channels-last."""
     pre = _common.to_layout(pre, channels_last=True)
-    bias = None if bias is None else bias.contiguous()
+    untied = bias is not None and bias.dim() == 3
+    bias = None if bias is None else _common.bias_in_kernel_layout(bias)
     out, index = _outputs(pre, pieces, size, stride)
-    _C.maxout_pool_forward(_common.dtype_name(pre), pre.data_ptr(), _common.address(bias), out.data_ptr(),
+    _C.maxout_pool_forward(_common.dtype_name(pre), pre.data_ptr(), _common.address(bias), untied, out.data_ptr(),
                            index.data_ptr(), *_geometry(pre, pieces, size, stride), _common.threads())
     return out, index
 
@@ -67,27 +69,30 @@ def _maxout_pool_bias_fake(pre, bias, pieces, size, stride):
 
 
 def _maxout_pool_bias_backward(grad_out: torch.Tensor, index: torch.Tensor, pieces: int, size: int, stride: int,
-                               height: int, width: int, bias_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of ``maxout_pool_bias``: (``grad_pre (N, C*K, height, width)`` channels-last, ``grad_bias
-    (C*K,)`` or ``(0,)`` if not ``bias_grad``)."""
+                               height: int, width: int, bias_grad: bool, untied: bool
+                               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``maxout_pool_bias``: (``grad_pre (N, C*K, height, width)`` channels-last, ``grad_bias``:
+    ``(C*K,)``, or for an ``untied`` bias flat in the kernel's ``(height, width, C*K)`` order; ``(0,)`` if
+    not ``bias_grad``)."""
     grad_out = _common.to_layout(grad_out, channels_last=True)
-    grad_pre, grad_bias = _backward_outputs(grad_out, pieces, height, width, bias_grad)
+    grad_pre, grad_bias = _backward_outputs(grad_out, pieces, height, width, bias_grad, untied)
     n, c, ho, wo = grad_out.shape
     _C.maxout_pool_backward(_common.dtype_name(grad_out), grad_out.data_ptr(), index.data_ptr(), grad_pre.data_ptr(),
-                            grad_bias.data_ptr() if bias_grad else 0, n, height, width, c, pieces, size, stride, ho,
-                            wo, _common.threads())
+                            grad_bias.data_ptr() if bias_grad else 0, untied, n, height, width, c, pieces, size,
+                            stride, ho, wo, _common.threads())
     return grad_pre, grad_bias
 
 
-def _maxout_pool_bias_backward_fake(grad_out, index, pieces, size, stride, height, width, bias_grad):
-    return _backward_outputs(grad_out, pieces, height, width, bias_grad)
+def _maxout_pool_bias_backward_fake(grad_out, index, pieces, size, stride, height, width, bias_grad, untied):
+    return _backward_outputs(grad_out, pieces, height, width, bias_grad, untied)
 
 
-def _backward_outputs(grad_out: torch.Tensor, pieces: int, height: int, width: int, bias_grad: bool):
+def _backward_outputs(grad_out: torch.Tensor, pieces: int, height: int, width: int, bias_grad: bool, untied: bool):
     n, c = grad_out.shape[:2]
     grad_pre = _common.empty_in_layout((n, c * pieces, height, width), grad_out.dtype, grad_out,
                                        channels_last=True)
-    grad_bias = _alloc.empty((c * pieces if bias_grad else 0,), dtype=grad_out.dtype, device=grad_out.device)
+    bias_size = c * pieces * (height * width if untied else 1)
+    grad_bias = _alloc.empty((bias_size if bias_grad else 0,), dtype=grad_out.dtype, device=grad_out.device)
     return grad_pre, grad_bias
 
 
@@ -100,14 +105,17 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
     ctx.args = (pieces, size, stride, pre.shape[2], pre.shape[3])
-    ctx.has_bias = bias is not None
+    ctx.bias_shape = None if bias is None else bias.shape
 
 
 def _backward(ctx, grad_out, _grad_index):
     (index,) = ctx.saved_tensors
-    bias_grad = ctx.has_bias and ctx.needs_input_grad[1]
-    grad_pre, grad_bias = maxout_pool_bias_backward(grad_out, index, *ctx.args, bias_grad)
-    return grad_pre, (grad_bias if bias_grad else None), None, None, None
+    needed = ctx.bias_shape is not None and ctx.needs_input_grad[1]
+    untied = needed and len(ctx.bias_shape) == 3
+    grad_pre, grad_bias = maxout_pool_bias_backward(grad_out, index, *ctx.args, needed, untied)
+    if untied:
+        grad_bias = _common.bias_from_kernel_layout(grad_bias, ctx.bias_shape)
+    return grad_pre, (grad_bias if needed else None), None, None, None
 
 
 maxout_pool_bias = _common.fused_op("fitnets_fast_cpp::maxout_pool_bias", _maxout_pool_bias, _maxout_pool_bias_fake,
@@ -119,7 +127,6 @@ def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None):
     if pieces == 1:
         return reference.max_pool_impl(reference.conv2d_impl(x, weight, bias, stride, padding), pool)
     pre = F.conv2d(_common.channels_last_conv_input(x), weight, None, stride, padding)
-    pre, bias = _common.add_untied_bias(pre, bias)
     if pool is not None and fits(pieces, pool):
         return maxout_pool_bias(pre, bias, pieces, *pool)[0]
     return reference.max_pool_impl(maxout_bias(pre, bias, pieces)[0], pool)
