@@ -1,5 +1,7 @@
 """``fitnets_fast.distill`` on networks written here (ReLU CNNs, not from the package), tensors and DataLoaders."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -133,33 +135,55 @@ def test_a_dataloader_gives_the_tensors_result(tmp_path, digits, teacher):
     assert by_loader["rows"][1]["test_acc_best"] == by_tensors["rows"][1]["test_acc_best"]
 
 
-class _Kill(BaseException):
-    pass
+# A child process that loads this file's networks and the teacher's weights, distils, and is killed (signal
+# 9: no cleanup, no exception handling) right after the checkpoint of KD epoch 2.
+_KILLED_CHILD = """
+import importlib.util, json, os, sys
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+import fitnets_fast
+from fitnets_fast import data
+spec = importlib.util.spec_from_file_location("distill_nets", sys.argv[1])
+nets = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(nets)
+teacher = nets.Teacher()
+teacher.load_state_dict(torch.load(sys.argv[2], weights_only=True))
+prepared = data.prepare("digits")
+train = prepared.train
+if sys.argv[4] == "loader":
+    train = DataLoader(TensorDataset(*train), batch_size=64, shuffle=True, drop_last=True)
+def kill(record):
+    if (record["stage"], record["epoch"]) == ("kd", 2):
+        os.kill(os.getpid(), 9)
+fitnets_fast.distill(teacher, nets._student(), train, prepared.valid, prepared.test, out_dir=sys.argv[3],
+                     callback=kill, **json.loads(sys.argv[5]))
+"""
 
 
 @pytest.mark.parametrize("kind", ["tensors", "loader"])
-def test_interrupted_distill_resumes_bit_identical(tmp_path, digits, teacher, kind):
+def test_killed_distill_resumes_bit_identical(tmp_path, digits, teacher, kind):
+    """kill -9 in the middle of the KD stage, then ``resume=True``: the same metrics and model as an
+    uninterrupted run, for resident tensors and for a shuffling DataLoader (its order comes from the
+    checkpointed global RNG)."""
     train, valid, test = digits
-    if kind == "loader":   # a plain shuffling DataLoader: its order comes from the (checkpointed) global RNG
+    if kind == "loader":
         train = DataLoader(TensorDataset(*train), batch_size=64, shuffle=True, drop_last=True)
     settings = dict(SETTINGS, methods=("fitnets",), hint="features.3", guided="body.5", device="cpu", quiet=True)
     fitnets_fast.distill(teacher, _student(), train, valid, test, out_dir=str(tmp_path / "full"), **settings)
 
-    def kill(record):
-        if (record["stage"], record["epoch"]) == ("kd", 2):
-            raise _Kill
-
-    with pytest.raises(_Kill):
-        fitnets_fast.distill(teacher, _student(), train, valid, test, out_dir=str(tmp_path / "cut"), callback=kill,
-                             **settings)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    cut = tmp_path / "cut"
+    child = subprocess.run([sys.executable, "-c", _KILLED_CHILD, __file__, str(tmp_path / "teacher.pt"), str(cut),
+                            kind, json.dumps(settings)], capture_output=True, text=True, timeout=900)
+    assert child.returncode == -9, child.stderr
+    assert [(r["stage"], r["epoch"]) for r in RunDir(cut).read_metrics()][-1] == ("kd", 2)
     with pytest.raises(ValueError, match="already holds a run"):
-        fitnets_fast.distill(teacher, _student(), train, valid, test, out_dir=str(tmp_path / "cut"), **settings)
-    fitnets_fast.distill(teacher, _student(), train, valid, test, out_dir=str(tmp_path / "cut"), resume=True,
-                         **settings)
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in RunDir(tmp_path / "cut").read_metrics()]
+        fitnets_fast.distill(teacher, _student(), train, valid, test, out_dir=str(cut), **settings)
+    fitnets_fast.distill(teacher, _student(), train, valid, test, out_dir=str(cut), resume=True, **settings)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in RunDir(cut).read_metrics()]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in RunDir(tmp_path / "full").read_metrics()]
     a = torch.load(RunDir(tmp_path / "full").model_path("fitnets"), weights_only=True)["state_dict"]
-    b = torch.load(RunDir(tmp_path / "cut").model_path("fitnets"), weights_only=True)["state_dict"]
+    b = torch.load(RunDir(cut).model_path("fitnets"), weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
