@@ -12,6 +12,7 @@
 #include <pybind11/pybind11.h>
 
 #include <limits>
+#include <type_traits>
 
 #include "common.h"
 
@@ -110,25 +111,37 @@ void backward(const T* grad_out, const uint8_t* index, T* grad_pre, T* grad_bias
         offset_of[size_t(at)] = (dy * sh.W + dx) * CK + at % K;
     }
     std::vector<double> partial(grad_bias ? size_t(threads) * bias_size : 0, 0.0);
+    // bfloat16 storage: each image's gradient is gathered in float and rounded once, in one pass at the end
+    // (a conversion per scattered element, and a rounding per overlapping add, cost more than that pass).
+    constexpr bool kStaged = !std::is_same_v<T, A>;
 #pragma omp parallel num_threads(threads)
     {
         double* mine = grad_bias ? partial.data() + size_t(omp_get_thread_num()) * bias_size : nullptr;
+        std::vector<A> stage(kStaged ? image : 0);
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < sh.N; ++n) {
             T* gp = grad_pre + n * image;
-            std::memset(gp, 0, size_t(image) * sizeof(T));  // all-zero bits: 0 in float, double and bfloat16
+            if constexpr (kStaged)
+                std::fill(stage.begin(), stage.end(), A(0));
+            else
+                std::memset(gp, 0, size_t(image) * sizeof(T));  // all-zero bits: 0 in float and double
             for (int64_t ho = 0; ho < sh.Ho; ++ho) {
                 for (int64_t wo = 0; wo < sh.Wo; ++wo) {
                     const int64_t o = ((n * sh.Ho + ho) * sh.Wo + wo) * C;
                     const int64_t corner = (ho * sh.Q * sh.W + wo * sh.Q) * CK;
                     for (int64_t c = 0; c < C; ++c) {
                         const int64_t at_pixel = corner + c * K + offset_of[index[o + c]];
-                        T& slot = gp[at_pixel];
-                        slot = overlapping ? T(A(slot) + A(grad_out[o + c])) : grad_out[o + c];
-                        if (mine) mine[untied ? at_pixel : c * K + piece_of[index[o + c]]] += A(grad_out[o + c]);
+                        const A g = A(grad_out[o + c]);
+                        if constexpr (kStaged)
+                            stage[at_pixel] += g;
+                        else
+                            gp[at_pixel] = overlapping ? gp[at_pixel] + g : g;
+                        if (mine) mine[untied ? at_pixel : c * K + piece_of[index[o + c]]] += g;
                     }
                 }
             }
+            if constexpr (kStaged)
+                for (int64_t i = 0; i < image; ++i) gp[i] = T(stage[i]);
         }
     }
     if (grad_bias) {
