@@ -19,7 +19,7 @@ from fitnets_fast import models, optim, reference
 from conftest import amax_maxout, rounds
 
 N = 128
-MODELS = ["fitnet1", "fitnet4", "teacher_cifar"]
+MODELS = ["fitnet1", "fitnet4", "teacher_cifar", "fitnet_mnist", "teacher_mnist"]   # MNIST: untied biases, dropout
 
 
 def _step_fn(name: str, backend: str, compile_model: bool, channels_last: bool = False, bf16: bool = False,
