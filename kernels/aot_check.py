@@ -50,8 +50,11 @@ class _Launch:
 
 @contextlib.contextmanager
 def record_launches() -> Iterator[List[_Launch]]:
-    """Within the block, every ``wrap_triton(kernel)[grid](...)`` of fitnets_fast.kernels is recorded, not run."""
+    """Within the block, every ``wrap_triton(kernel)[grid](...)`` of fitnets_fast.kernels is recorded, not run,
+    and the triton backend takes CPU tensors (as under ``TRITON_INTERPRET=1``), so that models built with
+    ``backend="triton"`` reach the kernels through the ops' dispatch."""
     from . import hint_loss, kd_loss, maxout, maxout_conv
+    from .. import kernels as package
 
     launches: List[_Launch] = []
 
@@ -64,11 +67,14 @@ def record_launches() -> Iterator[List[_Launch]]:
 
     modules = (hint_loss, kd_loss, maxout, maxout_conv)
     saved = [m.wrap_triton for m in modules]
+    saved_interpret = package._TRITON_INTERPRET
     for m in modules:
         m.wrap_triton = fake_wrap
+    package._TRITON_INTERPRET = True
     try:
         yield launches
     finally:
+        package._TRITON_INTERPRET = saved_interpret
         for m, w in zip(modules, saved):
             m.wrap_triton = w
 

@@ -171,7 +171,7 @@ def test_two_launches_in_the_same_second_get_two_complete_folders(tmp_path):
             "from fitnets_fast import cli, trainer\n"
             "trainer.default_out_dir = lambda preset: 'runs/same-second'\n"
             "sys.exit(cli.main(sys.argv[1:-1]))\n")
-    args = ["train", "--device", "cpu", "--set"] + [f"{k}={json.dumps(v)}" for k, v in
+    args = ["train", "--device", "cpu", "--seed", "0", "--set"] + [f"{k}={json.dumps(v)}" for k, v in
                                                     {**TINY, "methods": ["backprop"]}.items()]
     procs = [_python(code, *args, cwd=tmp_path) for _ in range(2)]
     outputs = [p.communicate(timeout=900) for p in procs]
