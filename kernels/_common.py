@@ -19,7 +19,10 @@ class GemmConfig(NamedTuple):
 
     ``fuse_pieces`` (used when pieces == 2): one ``tl.dot`` over both pieces' weight rows, ``[block_m, block_k]
     x [block_k, 2*block_n]``, split into the two pieces in the epilogue, so each input tile is loaded once;
-    otherwise (and for any other piece count) one reduction pass per piece.
+    otherwise (and for any other piece count) one reduction pass per piece. ``flat_taps`` (inputs with fewer
+    channels than ``block_k``, e.g. an RGB or grey first layer): the reduction runs over the flattened (tap,
+    channel) index instead of (tap, channel block), so the lanes a tap's few channels leave empty are filled
+    by the next taps.
     """
 
     block_m: int
@@ -27,6 +30,7 @@ class GemmConfig(NamedTuple):
     block_k: int
     num_warps: int = 4
     fuse_pieces: bool = True
+    flat_taps: bool = False
 
 
 def is_fp64(dtype: torch.dtype) -> bool:
@@ -93,7 +97,8 @@ def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
 
 # Channel tiles for the layer widths FitNets use: the widest power of two <= 64 dividing the width, so no
 # column or reduction block is padding (48 = 3 x 16, 80 = 5 x 16, 96 = 3 x 32, 192 = 3 x 64). The 3-channel
-# input takes the tensor-core minimum, 16. Other widths: the next power of two, 16 to 64 (``channel_tile``).
+# input takes the tensor-core minimum, 16, filled by several taps (``GemmConfig.flat_taps``). Other widths: the
+# next power of two, 16 to 64 (``channel_tile``).
 CHANNEL_TILES = {3: 16, 16: 16, 32: 32, 48: 16, 64: 64, 80: 16, 96: 32, 128: 64, 192: 64}
 
 
@@ -119,7 +124,7 @@ def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.d
         block_m, block_k = min(block_m, 64), 16
     live = block_m * block_n * (2 if pieces == 2 else 3 if pieces > 2 else 1)
     warps = min(8, max(4, triton.next_power_of_2(triton.cdiv(live, 32 * 32))))
-    return GemmConfig(block_m, block_n, block_k, warps)
+    return GemmConfig(block_m, block_n, block_k, warps, flat_taps=k < block_k)
 
 
 def f64_parts(x: float) -> tuple[float, float, float]:

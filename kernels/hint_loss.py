@@ -33,13 +33,15 @@ from .maxout_conv import bias_kind, conv_backward, conv_geometry, gemm_args, gem
 def _hint_loss_kernel(x_ptr, w_ptr, b_ptr, h_ptr, part_ptr, gpre_ptr, gh_ptr, inv_n0, inv_n1, inv_n2,
                       shn, shc, shh, shw, M, C_out, H, W, C_in, H_out, W_out, KH, KW, conv_stride, pad,
                       sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS: tl.constexpr, GRAD: tl.constexpr,
-                      GRAD_HINT: tl.constexpr, RELU: tl.constexpr, PIECES: tl.constexpr, FUSE_PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP64: tl.constexpr, PREC: tl.constexpr):
+                      GRAD_HINT: tl.constexpr, RELU: tl.constexpr, PIECES: tl.constexpr, FUSE_PIECES: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FLAT_TAPS: tl.constexpr,
+                      FP64: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     m, cols, r, idx = maxout_conv_tile(
         x_ptr, w_ptr, b_ptr, pid_m, pid_n, M, C_out, H, W, C_in, H_out, W_out, KH, KW, conv_stride, pad,
-        sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS, PIECES, FUSE_PIECES, BLOCK_M, BLOCK_N, BLOCK_K, FP64, PREC)
+        sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS, PIECES, FUSE_PIECES, BLOCK_M, BLOCK_N, BLOCK_K, FLAT_TAPS, FP64,
+        PREC)
     inv_n = from_parts(inv_n0, inv_n1, inv_n2, FP64)
     ok = (m < M)[:, None] & (cols < C_out)[None, :]
     if RELU:  # PIECES == 1; NaN stays NaN (as torch.relu) and gets no gradient (as its backward)
@@ -65,12 +67,12 @@ def _hint_loss_kernel(x_ptr, w_ptr, b_ptr, h_ptr, part_ptr, gpre_ptr, gh_ptr, in
 @triton_op("fitnets_fast_triton::hint_loss", mutates_args={})
 def _hint_loss_op(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   pieces: int, padding: int, relu: bool, grad: bool, grad_hint: bool, allow_tf32: bool, block_m: int,
-                  block_n: int, block_k: int, num_warps: int, fuse_pieces: bool
+                  block_n: int, block_k: int, num_warps: int, fuse_pieces: bool, flat_taps: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, dL/d(pre-activation) ``(N, H_out, W_out, C*pieces)``, dL/dhint ``(N, H_out, W_out, C)``);
     a gradient not asked for is an empty tensor."""
     geo = conv_geometry(guided, weight, pieces, 1, padding)
-    cfg = GemmConfig(block_m, block_n, block_k, num_warps, fuse_pieces)
+    cfg = GemmConfig(block_m, block_n, block_k, num_warps, fuse_pieces, flat_taps)
     grid = gemm_grid(geo, cfg)
     dev, dt = guided.device, guided.dtype
     partials = _alloc.empty((grid[0] * grid[1],), dtype=acc_torch_dtype(dt), device=dev)
@@ -82,8 +84,7 @@ def _hint_loss_op(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor
             guided, weight, weight if bias is None else bias, hint, partials, gpre, ghint,
             *f64_parts(1.0 / geo.n), *hint.stride(), *gemm_args(guided, weight, geo), BIAS=bias_kind(bias),
             GRAD=grad, GRAD_HINT=grad_hint, RELU=relu, PIECES=pieces, FUSE_PIECES=cfg.fuse_pieces and pieces == 2,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k, FP64=is_fp64(dt), PREC=dot_precision(dt, allow_tf32), num_warps=cfg.num_warps)
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, FLAT_TAPS=cfg.flat_taps, FP64=is_fp64(dt), PREC=dot_precision(dt, allow_tf32), num_warps=cfg.num_warps)
     return partials.sum().to(dt), gpre, ghint
 
 
@@ -106,7 +107,7 @@ def _backward(ctx, grad_loss, _grad_gpre, _grad_ghint):
                                    (need[0], need[2], need[3]))
         gx, gw, gb = (None if g is None else g * grad_loss for g in (gx, gw, gb))
     gh = ghint.permute(0, 3, 1, 2) * grad_loss if ghint.numel() else None
-    return (gx, gh, gw, gb) + (None,) * 11
+    return (gx, gh, gw, gb) + (None,) * 12
 
 
 _hint_loss_op.register_autograd(_backward, setup_context=_setup)

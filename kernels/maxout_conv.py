@@ -61,27 +61,48 @@ def conv_geometry(x: torch.Tensor, weight: torch.Tensor, pieces: int, stride: in
 @triton.jit
 def _conv_piece(x_ptr, w_ptr, n_img, oh, ow, m_ok, rows, n_ok, H, W, C_in, KH, KW, conv_stride, pad,
                 sxn, sxc, sxh, sxw, swo, swc, swh, sww,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP64: tl.constexpr,
-                PREC: tl.constexpr):
-    """[BLOCK_M pixels, BLOCK_N channels] tile of ``conv(x, weight[rows])`` in the accumulator dtype."""
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FLAT_TAPS: tl.constexpr,
+                FP64: tl.constexpr, PREC: tl.constexpr):
+    """[BLOCK_M pixels, BLOCK_N channels] tile of ``conv(x, weight[rows])`` in the accumulator dtype.
+
+    The reduction runs over (tap, channel block) pairs, or, with ``FLAT_TAPS`` (inputs with fewer channels
+    than ``BLOCK_K``), over the flattened (tap, channel) index in blocks of ``BLOCK_K``, so a 3-channel 3x3
+    layer fills 27 of 32 reduction lanes instead of 3 of 16 per tap."""
     acc = to_acc(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP64)
     ck = tl.arange(0, BLOCK_K)
-    c_blocks = tl.cdiv(C_in, BLOCK_K)
-    # One flat loop over (tap, channel block) so the compiler can software-pipeline the loads.
-    for step in range(0, KH * KW * c_blocks):
-        tap = step // c_blocks
-        r = tap // KW
-        s = tap % KW
-        c = (step % c_blocks) * BLOCK_K + ck
-        c_ok = c < C_in
-        ih = oh * conv_stride - pad + r
-        iw = ow * conv_stride - pad + s
-        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(x_ptr + (n_img * sxn + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
-                    mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + (rows * swo + r * swh + s * sww)[None, :] + c[:, None] * swc,
-                    mask=n_ok[None, :] & c_ok[:, None], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
+    if FLAT_TAPS:
+        taps_c = KH * KW * C_in
+        for start in range(0, taps_c, BLOCK_K):
+            kk = start + ck
+            k_ok = kk < taps_c
+            tap = kk // C_in
+            c = kk % C_in
+            r = tap // KW
+            s = tap % KW
+            ih = oh[:, None] * conv_stride - pad + r[None, :]
+            iw = ow[:, None] * conv_stride - pad + s[None, :]
+            ok = (m_ok[:, None] & k_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + n_img[:, None] * sxn + ih * sxh + iw * sxw + c[None, :] * sxc, mask=ok, other=0.0)
+            b = tl.load(w_ptr + rows[None, :] * swo + (c * swc + r * swh + s * sww)[:, None],
+                        mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
+    else:
+        c_blocks = tl.cdiv(C_in, BLOCK_K)
+        # One flat loop over (tap, channel block) so the compiler can software-pipeline the loads.
+        for step in range(0, KH * KW * c_blocks):
+            tap = step // c_blocks
+            r = tap // KW
+            s = tap % KW
+            c = (step % c_blocks) * BLOCK_K + ck
+            c_ok = c < C_in
+            ih = oh * conv_stride - pad + r
+            iw = ow * conv_stride - pad + s
+            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + (n_img * sxn + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + (rows * swo + r * swh + s * sww)[None, :] + c[:, None] * swc,
+                        mask=n_ok[None, :] & c_ok[:, None], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
     return acc
 
 
@@ -100,7 +121,7 @@ def _bias_tile(b_ptr, rows, rows_ok, pix, m_ok, HW, BIAS: tl.constexpr, FP64: tl
 def maxout_conv_tile(x_ptr, w_ptr, b_ptr, pid_m, pid_n, M, C_out, H, W, C_in, H_out, W_out, KH, KW, conv_stride,
                      pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS: tl.constexpr, PIECES: tl.constexpr,
                      FUSE_PIECES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     FP64: tl.constexpr, PREC: tl.constexpr):
+                     FLAT_TAPS: tl.constexpr, FP64: tl.constexpr, PREC: tl.constexpr):
     """One output tile of maxout(conv(x, weight) + bias): returns (pixel ids, channel ids, max, winner).
     ``BIAS``: "none", "tied" (``(C_out*PIECES,)``) or "untied" (``(C_out*PIECES, H_out, W_out)``)."""
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -117,7 +138,7 @@ def maxout_conv_tile(x_ptr, w_ptr, b_ptr, pid_m, pid_n, M, C_out, H, W, C_in, H_
         rows = pid_n * BLOCK_N * 2 + tl.arange(0, BLOCK_N * 2)
         both = _conv_piece(x_ptr, w_ptr, n_img, oh, ow, m_ok, rows, rows < C_out * 2, H, W, C_in, KH, KW,
                            conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BLOCK_M, BLOCK_N * 2, BLOCK_K,
-                           FP64, PREC)
+                           FLAT_TAPS, FP64, PREC)
         if BIAS != "none":
             both += _bias_tile(b_ptr, rows, rows < C_out * 2, rem, m_ok, H_out * W_out, BIAS, FP64)
         best, second = tl.split(tl.reshape(both, (BLOCK_M, BLOCK_N, 2)))
@@ -125,13 +146,13 @@ def maxout_conv_tile(x_ptr, w_ptr, b_ptr, pid_m, pid_n, M, C_out, H, W, C_in, H_
     else:
         best = _conv_piece(x_ptr, w_ptr, n_img, oh, ow, m_ok, cols * PIECES, n_ok, H, W, C_in, KH, KW,
                            conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BLOCK_M, BLOCK_N, BLOCK_K,
-                           FP64, PREC)
+                           FLAT_TAPS, FP64, PREC)
         if BIAS != "none":
             best += _bias_tile(b_ptr, cols * PIECES, n_ok, rem, m_ok, H_out * W_out, BIAS, FP64)
         for p in tl.static_range(1, PIECES):
             cand = _conv_piece(x_ptr, w_ptr, n_img, oh, ow, m_ok, cols * PIECES + p, n_ok, H, W, C_in, KH, KW,
                                conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BLOCK_M, BLOCK_N, BLOCK_K,
-                               FP64, PREC)
+                               FLAT_TAPS, FP64, PREC)
             if BIAS != "none":
                 cand += _bias_tile(b_ptr, cols * PIECES + p, n_ok, rem, m_ok, H_out * W_out, BIAS, FP64)
             best, idx = maxout_fold(best, idx, cand, p)
@@ -142,11 +163,12 @@ def maxout_conv_tile(x_ptr, w_ptr, b_ptr, pid_m, pid_n, M, C_out, H, W, C_in, H_
 def _maxout_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, M, C_out, H, W, C_in, H_out, W_out, KH, KW,
                         conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS: tl.constexpr,
                         WRITE_IDX: tl.constexpr, PIECES: tl.constexpr, FUSE_PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP64: tl.constexpr, PREC: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FLAT_TAPS: tl.constexpr, FP64: tl.constexpr,
+                        PREC: tl.constexpr):
     m, cols, best, idx = maxout_conv_tile(
         x_ptr, w_ptr, b_ptr, tl.program_id(0), tl.program_id(1), M, C_out, H, W, C_in, H_out, W_out, KH, KW,
         conv_stride, pad, sxn, sxc, sxh, sxw, swo, swc, swh, sww, BIAS, PIECES, FUSE_PIECES, BLOCK_M, BLOCK_N,
-        BLOCK_K, FP64, PREC)
+        BLOCK_K, FLAT_TAPS, FP64, PREC)
     offs = m.to(tl.int64)[:, None] * C_out + cols[None, :]
     ok = (m < M)[:, None] & (cols < C_out)[None, :]
     tl.store(y_ptr + offs, best.to(y_ptr.dtype.element_ty), mask=ok)
@@ -196,7 +218,7 @@ def launch_maxout_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
             x, weight, weight if bias is None else bias, y, idx, *gemm_args(x, weight, geo),
             BIAS=bias_kind(bias), WRITE_IDX=write_idx, PIECES=pieces,
             FUSE_PIECES=cfg.fuse_pieces and pieces == 2, BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, FP64=is_fp64(x.dtype),
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, FLAT_TAPS=cfg.flat_taps, FP64=is_fp64(x.dtype),
             PREC=dot_precision(x.dtype, allow_tf32), num_warps=cfg.num_warps)
     return y, idx
 
@@ -210,11 +232,12 @@ def scatter_to_pieces(grad: torch.Tensor, idx: torch.Tensor, pieces: int) -> tor
 @triton_op("fitnets_fast_triton::maxout_conv2d", mutates_args={})
 def _maxout_conv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
                       stride: int, padding: int, write_idx: bool, allow_tf32: bool, block_m: int, block_n: int,
-                      block_k: int, num_warps: int, fuse_pieces: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      block_k: int, num_warps: int, fuse_pieces: bool, flat_taps: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the output ``(N, H_out, W_out, C_out)`` (NHWC, contiguous) and the winners (same shape)."""
     geo = conv_geometry(x, weight, pieces, stride, padding)
     y, idx = launch_maxout_gemm(x, weight, bias, pieces, geo, write_idx,
-                                GemmConfig(block_m, block_n, block_k, num_warps, fuse_pieces), allow_tf32)
+                                GemmConfig(block_m, block_n, block_k, num_warps, fuse_pieces, flat_taps), allow_tf32)
     shape = (geo.n, geo.h_out, geo.w_out, geo.c_out)
     return y.view(shape), idx.view(shape if write_idx else (0,))
 
@@ -234,7 +257,7 @@ def _backward(ctx, grad_y, _grad_idx):
     grad_pre = scatter_to_pieces(grad_y.reshape(n * h_out * w_out, c_out), idx.view(-1, c_out), pieces)
     grad_pre = grad_pre.view(n, h_out, w_out, c_out * pieces).permute(0, 3, 1, 2)
     gx, gw, gb = conv_backward(grad_pre, x, weight, bias, stride, padding, ctx.needs_input_grad[:3])
-    return (gx, gw, gb) + (None,) * 10
+    return (gx, gw, gb) + (None,) * 11
 
 
 _maxout_conv2d_op.register_autograd(_backward, setup_context=_setup)

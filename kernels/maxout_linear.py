@@ -25,12 +25,12 @@ def _geometry(x: torch.Tensor, weight: torch.Tensor, pieces: int) -> ConvGeometr
 @triton_op("fitnets_fast_triton::maxout_linear", mutates_args={})
 def _maxout_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
                       write_idx: bool, allow_tf32: bool, block_m: int, block_n: int, block_k: int, num_warps: int,
-                      fuse_pieces: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      fuse_pieces: bool, flat_taps: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the output ``(N, out_features)`` and the uint8 winners (same shape, or empty)."""
     # As a convolution: x is (N, C_in, 1, 1) and weight (C_out*pieces, C_in, 1, 1); spatial strides unused.
     return launch_maxout_gemm(x[:, :, None, None], weight[:, :, None, None], bias, pieces,
                               _geometry(x, weight, pieces), write_idx,
-                              GemmConfig(block_m, block_n, block_k, num_warps, fuse_pieces), allow_tf32)
+                              GemmConfig(block_m, block_n, block_k, num_warps, fuse_pieces, flat_taps), allow_tf32)
 
 
 def _setup(ctx, inputs, output):
@@ -49,7 +49,7 @@ def _backward(ctx, grad_y, _grad_idx):
     gx = grad_pre @ weight if need[0] else None
     gw = grad_pre.t() @ x if need[1] else None
     gb = grad_pre.sum(0) if ctx.has_bias and need[2] else None
-    return (gx, gw, gb) + (None,) * 8
+    return (gx, gw, gb) + (None,) * 9
 
 
 _maxout_linear_op.register_autograd(_backward, setup_context=_setup)
