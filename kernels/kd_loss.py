@@ -14,17 +14,19 @@ temperature scales it, so a large common offset of the logits costs no accuracy.
 teacher's largest logit: a sharp teacher puts nearly all of p there, and the sum is then a sum of small
 terms, where a shift by max s would leave dL/dt at that class as mostly rounding error.
 
-The forward kernel computes the loss (per row for ``reduction="none"``, else one partial sum per program,
-already scaled by the reduction's coefficients) and writes dL/ds, and dL/dt when the teacher needs a
-gradient, into their own buffers (never over the logits). The backward only multiplies those buffers by the
-incoming gradient.
+The forward kernel reads each row once: its statistics (online over column blocks when a row does not fit
+one tile), the loss (per row for ``reduction="none"``, else one partial sum per program, already scaled by
+the reduction's coefficients) and, when a gradient will be needed, the row's statistics (8 numbers). The
+backward kernel reads each row once more, with those statistics, and writes the incoming gradient times
+dL/ds (and dL/dt when the teacher needs one) straight into the gradient buffers: no gradient is held between
+forward and backward, and nothing is read a third time to be scaled. Memory traffic of a forward + backward:
+the logits twice, the gradients once (``bytes_moved``).
 
-Two tilings, one kernel: a tile of ``rows`` rows x ``block_k`` columns. When ``block_k >= K`` the whole row
-is in registers and many rows share a program (small class counts, where one row per program would be
-launch-bound); otherwise the kernel loops over column blocks with an online softmax (pass 1: statistics,
-pass 2: gradients). Accumulation is float32 (float64 for float64 inputs). Registered as the
-``torch.library.triton_op`` ``fitnets_fast_triton::kd_loss`` (torch.compile-safe), autograd via
-``register_autograd``.
+Tiles: ``rows`` rows x ``block_k`` columns. When ``block_k >= K`` the whole row is in registers and many rows
+share a program (small class counts, where one row per program would be launch-bound); otherwise the
+kernels loop over column blocks. Accumulation is float32 (float64 for float64 inputs). Registered as the
+``torch.library.triton_op``s ``fitnets_fast_triton::kd_loss`` and ``kd_loss_grad`` (torch.compile-safe),
+autograd via ``register_autograd``.
 """
 from __future__ import annotations
 
@@ -63,14 +65,16 @@ def kd_config(n: int, k: int) -> KDConfig:
 
 def bytes_moved(n: int, k: int, itemsize: int, label_size: int, grad_student: bool, grad_teacher: bool,
                 cfg: KDConfig) -> int:
-    """Bytes one forward + backward of ``kd_loss_impl`` reads and writes in device memory (the model
-    behind a bandwidth figure): the forward reads student and teacher once per pass over the row (two passes
-    when a row spans column blocks and a gradient is wanted) and the labels, and writes each wanted gradient;
-    the backward reads each gradient and writes it scaled by the incoming gradient."""
+    """Bytes one forward (+ backward, when a gradient is wanted) of ``kd_loss_impl`` reads and writes in
+    device memory (the model behind a bandwidth figure): the forward reads student and teacher once and the
+    labels; the backward reads them again with the labels and writes each wanted gradient. The row
+    statistics (8 numbers a row) and the loss are left out. ``cfg`` does not change the count (every tiling
+    reads a row once per kernel)."""
     logits = n * k * itemsize
-    passes = 2 if cfg.block_k < k and (grad_student or grad_teacher) else 1
     grads = grad_student + grad_teacher
-    return 2 * logits * passes + n * label_size + grads * logits + 2 * grads * logits
+    if not grads:
+        return 2 * logits + n * label_size
+    return 4 * logits + 2 * n * label_size + grads * logits
 
 
 @triton.jit
@@ -104,11 +108,15 @@ def _finite(x):
     return (x == x) & (tl.abs(x) < float("inf"))
 
 
+# Per-row statistics saved by the forward for the backward, in this order (see _kd_loss_kernel).
+_STATS = 8
+
+
 @triton.jit
-def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, gs_ptr, gt_ptr, N, K, inv_t0, inv_t1, inv_t2, inv_ts0, inv_ts1,
+def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, stats_ptr, N, K, inv_t0, inv_t1, inv_t2, inv_ts0, inv_ts1,
                     inv_ts2, w0, w1, w2, ignore_index,
                     ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr, REDUCE: tl.constexpr,
-                    GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, FP64: tl.constexpr, COUNT_BLOCK: tl.constexpr):
+                    SAVE_STATS: tl.constexpr, FP64: tl.constexpr, COUNT_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
@@ -128,14 +136,12 @@ def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, gs_ptr, gt_ptr, N, K, inv_t0, 
             lab = tl.load(y_ptr + idx, mask=idx < N, other=ignore_index)
             count += (lab != ignore_index).to(tl.int32)
         c_h_all = 1.0 / tl.maximum(tl.sum(count, axis=0), 1).to(zero.dtype)
-        c_s = w_soft / N
     else:
         c_h_all = 1.0
-        c_s = w_soft
+    c_s = _soft_coefficient(w_soft, N, REDUCE)
     y = tl.load(y_ptr + tl.minimum(rows, N - 1)).to(tl.int32)
     labelled = y != ignore_index
     c_h = tl.where(labelled, zero + c_h_all, zero)
-    y = tl.where(labelled, y, -1)
     s_y = to_acc(tl.load(s_ptr + base + tl.maximum(y, 0), mask=labelled, other=0.0), FP64)
 
     # Row statistics: m1 = max s, z1 = sum exp(s - m1), z2 = sum exp((s - m1) / T_s), mt = max t,
@@ -190,39 +196,77 @@ def _kd_loss_kernel(s_ptr, t_ptr, y_ptr, out_ptr, gs_ptr, gt_ptr, N, K, inv_t0, 
     else:
         total = tl.sum(tl.where(row_ok, loss, 0.0), axis=0)
         tl.store(out_ptr + pid, total.to(out_ptr.dtype.element_ty))
+    if SAVE_STATS:
+        at = stats_ptr + rows.to(tl.int64) * 8
+        tl.store(at + 0, m1, mask=row_ok)
+        tl.store(at + 1, z1, mask=row_ok)
+        tl.store(at + 2, z2, mask=row_ok)
+        tl.store(at + 3, mt, mask=row_ok)
+        tl.store(at + 4, z3, mask=row_ok)
+        tl.store(at + 5, c, mask=row_ok)
+        tl.store(at + 6, mean_c, mask=row_ok)
+        tl.store(at + 7, c_h, mask=row_ok)
 
-    if GRAD_S or GRAD_T:
-        out_ok = row_ok[:, None]
-        if SINGLE:
-            gs, gt = _row_grads(s, t, mask, cols0, y, m1, z1, z2, mt, z3, c, mean_c, c_h, c_s, inv_ts, inv_t)
-            mask = out_ok & (cols0 < K)[None, :]
-            if GRAD_S:
-                tl.store(gs_ptr + base[:, None] + cols0[None, :], gs.to(gs_ptr.dtype.element_ty), mask=mask)
-            if GRAD_T:
-                tl.store(gt_ptr + base[:, None] + cols0[None, :], gt.to(gt_ptr.dtype.element_ty), mask=mask)
-        else:
-            for start in range(0, K, BLOCK_K):
-                cols = start + cols0
-                mask = (cols < K)[None, :]
-                s = to_acc(tl.load(s_ptr + base[:, None] + cols[None, :], mask=mask, other=float("-inf")), FP64)
-                t = to_acc(tl.load(t_ptr + base[:, None] + cols[None, :], mask=mask, other=float("-inf")), FP64)
-                gs, gt = _row_grads(s, t, mask, cols, y, m1, z1, z2, mt, z3, c, mean_c, c_h, c_s, inv_ts,
-                                    inv_t)
-                if GRAD_S:
-                    tl.store(gs_ptr + base[:, None] + cols[None, :], gs.to(gs_ptr.dtype.element_ty),
-                             mask=out_ok & mask)
-                if GRAD_T:
-                    tl.store(gt_ptr + base[:, None] + cols[None, :], gt.to(gt_ptr.dtype.element_ty),
-                             mask=out_ok & mask)
+
+@triton.jit
+def _soft_coefficient(w_soft, N, REDUCE: tl.constexpr):
+    """The soft term's coefficient: ``lam * soft_scale``, divided by the batch for the mean."""
+    if REDUCE == 2:
+        return w_soft / N
+    else:
+        return w_soft
+
+
+@triton.jit
+def _kd_grad_kernel(s_ptr, t_ptr, y_ptr, stats_ptr, g_ptr, gs_ptr, gt_ptr, N, K, inv_t0, inv_t1, inv_t2, inv_ts0,
+                    inv_ts1, inv_ts2, w0, w1, w2, ignore_index,
+                    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, REDUCE: tl.constexpr, GRAD_S: tl.constexpr,
+                    GRAD_T: tl.constexpr, FP64: tl.constexpr):
+    """g * dL/ds and g * dL/dt from the logits and the forward's row statistics, one pass over each row; g is
+    the incoming gradient (one per row for ``reduction="none"``)."""
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < N
+    last = tl.minimum(rows, N - 1)
+    base = last.to(tl.int64) * K
+    cols0 = tl.arange(0, BLOCK_K)
+    inv_t = from_parts(inv_t0, inv_t1, inv_t2, FP64)
+    inv_ts = from_parts(inv_ts0, inv_ts1, inv_ts2, FP64)
+    c_s = _soft_coefficient(from_parts(w0, w1, w2, FP64), N, REDUCE)
+    at = stats_ptr + last.to(tl.int64) * 8
+    m1, z1, z2 = tl.load(at + 0), tl.load(at + 1), tl.load(at + 2)
+    mt, z3, c = tl.load(at + 3), tl.load(at + 4), tl.load(at + 5)
+    mean_c, c_h = tl.load(at + 6), tl.load(at + 7)
+    y = tl.load(y_ptr + last).to(tl.int32)
+    y = tl.where(y != ignore_index, y, -1)
+    if REDUCE == 0:
+        g = to_acc(tl.load(g_ptr + last), FP64)[:, None]
+    else:
+        g = to_acc(tl.load(g_ptr), FP64)
+    out_ok = row_ok[:, None]
+    for start in range(0, K, BLOCK_K):
+        cols = start + cols0
+        mask = (cols < K)[None, :]
+        s = to_acc(tl.load(s_ptr + base[:, None] + cols[None, :], mask=mask, other=float("-inf")), FP64)
+        t = to_acc(tl.load(t_ptr + base[:, None] + cols[None, :], mask=mask, other=float("-inf")), FP64)
+        gs, gt = _row_grads(s, t, mask, cols, y, m1, z1, z2, mt, z3, c, mean_c, c_h, c_s, inv_ts, inv_t)
+        if GRAD_S:
+            tl.store(gs_ptr + base[:, None] + cols[None, :], (g * gs).to(gs_ptr.dtype.element_ty), mask=out_ok & mask)
+        if GRAD_T:
+            tl.store(gt_ptr + base[:, None] + cols[None, :], (g * gt).to(gt_ptr.dtype.element_ty), mask=out_ok & mask)
+
+
+def _scalars(temperature: float, student_temperature: float, weight: float) -> tuple:
+    """The kernels' float arguments: 1/T, 1/T_s and the soft weight, each as three float32 parts."""
+    return *f64_parts(1.0 / temperature), *f64_parts(1.0 / student_temperature), *f64_parts(weight)
 
 
 @triton_op("fitnets_fast_triton::kd_loss", mutates_args={})
 def _kd_loss_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                 temperature: float, student_temperature: float, weight: float, reduction: int, ignore_index: int,
-                grad_student: bool, grad_teacher: bool, rows: int, block_k: int, num_warps: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (loss, dL/ds, dL/dt); a gradient not asked for is an empty tensor. ``reduction``: 0 none,
-    1 sum, 2 mean. The gradients are for an incoming gradient of 1 (per row for "none")."""
+                save_stats: bool, rows: int, block_k: int, num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (loss, row statistics ``(N, 8)`` in the accumulator dtype, or an empty tensor when not
+    ``save_stats``). ``reduction``: 0 none, 1 sum, 2 mean."""
     s, t = student_logits, teacher_logits
     n, k = s.shape
     dev, dt = s.device, s.dtype
@@ -233,30 +277,49 @@ def _kd_loss_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targ
         out = _alloc.empty((1,), dtype=dt, device=dev)  # single launch: the kernel writes the loss itself
     else:
         out = _alloc.empty((programs,), dtype=acc_torch_dtype(dt), device=dev)
-    gs = _alloc.empty((n, k) if grad_student else (0,), dtype=dt, device=dev)
-    gt = _alloc.empty((n, k) if grad_teacher else (0,), dtype=dt, device=dev)
+    stats = _alloc.empty((n, _STATS) if save_stats else (0,), dtype=acc_torch_dtype(dt), device=dev)
     wrap_triton(_kd_loss_kernel)[(programs,)](
-        s, t, target, out, gs, gt, n, k, *f64_parts(1.0 / temperature), *f64_parts(1.0 / student_temperature),
-        *f64_parts(weight), ignore_index,
-        ROWS=rows, BLOCK_K=block_k, SINGLE=block_k >= k, REDUCE=reduction, GRAD_S=grad_student,
-        GRAD_T=grad_teacher, FP64=is_fp64(dt), COUNT_BLOCK=_COUNT_BLOCK, num_warps=num_warps)
+        s, t, target, out, stats, n, k, *_scalars(temperature, student_temperature, weight), ignore_index,
+        ROWS=rows, BLOCK_K=block_k, SINGLE=block_k >= k, REDUCE=reduction, SAVE_STATS=save_stats,
+        FP64=is_fp64(dt), COUNT_BLOCK=_COUNT_BLOCK, num_warps=num_warps)
     if reduction != 0:
         out = out.sum().to(dt) if programs > 1 else out.reshape(())
-    return out, gs, gt
+    return out, stats
+
+
+@triton_op("fitnets_fast_triton::kd_loss_grad", mutates_args={})
+def _kd_loss_grad_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                     stats: torch.Tensor, grad_loss: torch.Tensor, temperature: float, student_temperature: float,
+                     weight: float, reduction: int, ignore_index: int, grad_student: bool, grad_teacher: bool,
+                     rows: int, block_k: int, num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_loss * dL/ds, grad_loss * dL/dt); a gradient not asked for is an empty tensor. ``grad_loss``: a
+    scalar, or one value per row for ``reduction`` 0."""
+    s, t = student_logits, teacher_logits
+    n, k = s.shape
+    gs = _alloc.empty((n, k) if grad_student else (0,), dtype=s.dtype, device=s.device)
+    gt = _alloc.empty((n, k) if grad_teacher else (0,), dtype=s.dtype, device=s.device)
+    wrap_triton(_kd_grad_kernel)[(triton.cdiv(n, rows),)](
+        s, t, target, stats, grad_loss.contiguous(), gs, gt, n, k,
+        *_scalars(temperature, student_temperature, weight), ignore_index,
+        ROWS=rows, BLOCK_K=block_k, REDUCE=reduction, GRAD_S=grad_student, GRAD_T=grad_teacher,
+        FP64=is_fp64(s.dtype), num_warps=num_warps)
+    return gs, gt
 
 
 def _setup(ctx, inputs, output):
-    _, gs, gt = output
-    ctx.save_for_backward(gs, gt)
-    ctx.per_row = inputs[6] == 0
-    ctx.mark_non_differentiable(gs, gt)
+    s, t, target = inputs[:3]
+    ctx.save_for_backward(s, t, target, output[1])
+    ctx.args = inputs[3:8]             # temperature, student_temperature, weight, reduction, ignore_index
+    ctx.tiles = inputs[9:]             # rows, block_k, num_warps
+    ctx.mark_non_differentiable(output[1])
 
 
-def _backward(ctx, grad_loss, _grad_gs, _grad_gt):
+def _backward(ctx, grad_loss, _grad_stats):
     first_order_only("kd_loss", "triton")
-    gs, gt = ctx.saved_tensors
-    g = grad_loss[:, None] if ctx.per_row else grad_loss
-    return (gs * g if gs.numel() else None, gt * g if gt.numel() else None) + (None,) * 11
+    s, t, target, stats = ctx.saved_tensors
+    need_s, need_t = ctx.needs_input_grad[:2]
+    gs, gt = _kd_loss_grad_op(s, t, target, stats, grad_loss, *ctx.args, need_s, need_t, *ctx.tiles)
+    return (gs if need_s else None, gt if need_t else None) + (None,) * 10
 
 
 _kd_loss_op.register_autograd(_backward, setup_context=_setup)
@@ -264,16 +327,16 @@ _kd_loss_op.register_autograd(_backward, setup_context=_setup)
 
 def kd_loss_impl(student_logits, teacher_logits, target, temperature=3.0, lam=4.0, student_temperature=None,
                  soft_scale=1.0, reduction="mean", ignore_index=-100, *, config: Optional[KDConfig] = None):
-    """The reference ``kd_loss_impl`` (same arguments and result) as one Triton launch (two for a reduced
-    loss spread over several programs). ``config`` overrides the heuristic tiling (tests use it)."""
+    """The reference ``kd_loss_impl`` (same arguments and result): one Triton launch forward (plus a sum for
+    a reduced loss spread over several programs), one backward. ``config`` overrides the heuristic tiling
+    (tests use it)."""
     n, k = student_logits.shape
     cfg = config or kd_config(n, k)
-    grad_on = torch.is_grad_enabled()
+    needs_grad = torch.is_grad_enabled() and (student_logits.requires_grad or teacher_logits.requires_grad)
     t_s = temperature if student_temperature is None else student_temperature
-    loss, _, _ = _kd_loss_op(
+    loss, _ = _kd_loss_op(
         student_logits.contiguous(), teacher_logits.contiguous(), _labels(target), float(temperature),
-        float(t_s), float(lam) * float(soft_scale), _REDUCTIONS[reduction], int(ignore_index),
-        grad_on and student_logits.requires_grad, grad_on and teacher_logits.requires_grad,
+        float(t_s), float(lam) * float(soft_scale), _REDUCTIONS[reduction], int(ignore_index), needs_grad,
         cfg.rows, cfg.block_k, cfg.num_warps)
     return loss
 

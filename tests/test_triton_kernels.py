@@ -81,6 +81,21 @@ def test_kd_loss_defaults_all_ignored_and_narrow_labels(config):
                             torch.float32)
 
 
+def test_kd_loss_saves_the_logits_and_row_statistics_not_a_gradient():
+    """Forward + backward read each row twice and write the gradient once: the forward keeps only what autograd
+    holds anyway (the logits, the labels) and 8 statistics a row; the backward writes g * dL/ds directly."""
+    s, t = randn(6, 50).requires_grad_(), randn(6, 50)
+    y = torch.randint(0, 50, (6,), device=DEVICE)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(tuple(x.shape)) or x, lambda x: x):
+        loss = kernels.kd_loss_impl(s, t, y, config=KDConfig(1, 16))
+    assert sorted(saved) == sorted([(6, 50), (6, 50), (6,), (6, 8)])
+    loss.backward(torch.tensor(2.5, dtype=torch.float64, device=DEVICE))
+    s2 = s.detach().clone().requires_grad_()
+    reference.kd_loss_impl(s2, t, y).backward(torch.tensor(2.5, dtype=torch.float64, device=DEVICE))
+    torch.testing.assert_close(s.grad, s2.grad, rtol=1e-12, atol=1e-14)
+
+
 def test_kd_loss_without_gradients_matches():
     s, t = randn(6, 9), randn(6, 9)
     y = torch.randint(0, 9, (6,), device=DEVICE)
