@@ -114,16 +114,22 @@ def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.d
     Channel tiles from ``channel_tile``; pixel tiles of 128/64/32 by problem size; warps so that each thread
     holds at most 32 accumulator-sized values (the fused 2-piece accumulator is ``2 * block_n`` wide; the
     per-piece passes hold the running max, the winner and a candidate), which keeps ptxas under 255
-    registers without spills; at most 64 columns for more than 2 pieces. float64 takes 64-pixel and 16-channel
-    reduction tiles: its default-sized tiles would need 256 KiB of shared memory, over sm_90's 227 KiB.
+    registers without spills (the pixel tile halves where even 8 warps would hold more); at most 32 columns
+    and, for 4-byte types, 32-channel reduction tiles for more than 2 pieces. float64 takes 64-pixel and
+    16-channel reduction tiles: its default-sized tiles would need 256 KiB of shared memory, over sm_90's
+    227 KiB. ``aot_check`` compiles these choices for sm_90 and fails on any spill.
     """
     block_n = channel_tile(n) if pieces <= 2 else min(32, channel_tile(n))
     block_k = channel_tile(k)
     block_m = 128 if m >= 8192 else 64 if m >= 1024 else 32
     if dtype is not None and is_fp64(dtype):
         block_m, block_k = min(block_m, 64), 16
-    live = block_m * block_n * (2 if pieces == 2 else 3 if pieces > 2 else 1)
-    warps = min(8, max(4, triton.next_power_of_2(triton.cdiv(live, 32 * 32))))
+    per_pixel = block_n * (2 if pieces == 2 else 3 if pieces > 2 else 1)
+    while block_m > 32 and block_m * per_pixel > 8 * 32 * 32:   # over 32 values a thread even at 8 warps
+        block_m //= 2
+    if pieces > 2 and (dtype is None or dtype.itemsize == 4):
+        block_k = min(block_k, 32)   # per-piece passes keep more live; 4-byte operand tiles of 64 spill
+    warps = min(8, max(4, triton.next_power_of_2(triton.cdiv(block_m * per_pixel, 32 * 32))))
     return GemmConfig(block_m, block_n, block_k, warps, flat_taps=k < block_k)
 
 

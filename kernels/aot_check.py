@@ -155,7 +155,12 @@ def _small_workloads(dtype: torch.dtype) -> List[Callable[[], None]]:
         lambda: backward(maxout_impl(t(4, 10, 6, 6), 2)),
         lambda: backward(maxout_conv2d_impl(t(4, 32, 16, 16), t(96, 32, 3, 3), t(96), 2, 1, 1)),
         lambda: backward(maxout_conv2d_impl(t(4, 3, 32, 32), t(64, 3, 3, 3), None, 2, 1, 1,
-                                            config=GemmConfig(128, 64, 32, 8, fuse_pieces=False))),
+                                            config=GemmConfig(64, 32, 16, 8, fuse_pieces=False))),
+        # untied biases (MNIST) on a one-channel input (flattened taps), fused and per-piece
+        lambda: backward(maxout_conv2d_impl(t(4, 1, 12, 12), t(32, 1, 5, 5), t(32, 8, 8), 2)),
+        lambda: backward(maxout_conv2d_impl(t(4, 16, 9, 9), t(48, 16, 3, 3), t(48, 7, 7), 3)),
+        lambda: backward(hint_loss_impl(t(4, 16, 6, 6), t(4, 48, 4, 4, grad=False), t(96, 16, 3, 3),
+                                        t(96, 4, 4), 2)),
         lambda: backward(maxout_linear_impl(t(16, 128), t(2500, 128), t(2500), 5)),
         lambda: backward(hint_loss_impl(t(4, 80, 8, 8), t(4, 192, 7, 7, grad=False), t(384, 80, 2, 2), t(384), 2)),
     ]

@@ -114,7 +114,8 @@ def _bias_tile(b_ptr, rows, rows_ok, pix, m_ok, HW, BIAS: tl.constexpr, FP64: tl
     if BIAS == "untied":
         ptrs = b_ptr + rows[None, :] * HW + pix[:, None]
         return to_acc(tl.load(ptrs, mask=m_ok[:, None] & rows_ok[None, :], other=0.0), FP64)
-    return to_acc(tl.load(b_ptr + rows, mask=rows_ok, other=0.0), FP64)[None, :]
+    else:   # one return per (compile-time) branch: the compiler wants a single return type
+        return to_acc(tl.load(b_ptr + rows, mask=rows_ok, other=0.0), FP64)[None, :]
 
 
 @triton.jit
