@@ -19,10 +19,10 @@ class GemmConfig(NamedTuple):
 
     ``fuse_pieces`` (used when pieces == 2): one ``tl.dot`` over both pieces' weight rows, ``[block_m, block_k]
     x [block_k, 2*block_n]``, split into the two pieces in the epilogue, so each input tile is loaded once;
-    otherwise (and for any other piece count) one reduction pass per piece. ``flat_taps`` (inputs with fewer
-    channels than ``block_k``, e.g. an RGB or grey first layer): the reduction runs over the flattened (tap,
-    channel) index instead of (tap, channel block), so the lanes a tap's few channels leave empty are filled
-    by the next taps.
+    otherwise (and for any other piece count) one reduction pass per piece. ``flat_taps`` (inputs with at
+    most a quarter of ``block_k`` channels, e.g. an RGB or grey first layer): the reduction runs over the
+    flattened (tap, channel) index instead of (tap, channel block), so the lanes a tap's few channels leave
+    empty are filled by the next taps.
     """
 
     block_m: int
@@ -130,7 +130,9 @@ def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.d
     if pieces > 2 and (dtype is None or dtype.itemsize == 4):
         block_k = min(block_k, 32)   # per-piece passes keep more live; 4-byte operand tiles of 64 spill
     warps = min(8, max(4, triton.next_power_of_2(triton.cdiv(block_m * per_pixel, 32 * 32))))
-    return GemmConfig(block_m, block_n, block_k, warps, flat_taps=k < block_k)
+    # Flattened taps where a tap's channels would fill at most a quarter of the reduction tile (RGB, grey): the
+    # 2-D address arithmetic costs registers (a 12-channel 3x3 layer spilled in float32), worth it only there.
+    return GemmConfig(block_m, block_n, block_k, warps, flat_taps=4 * k <= block_k)
 
 
 def f64_parts(x: float) -> tuple[float, float, float]:

@@ -98,9 +98,10 @@ def test_check_runs_under_the_precision_it_names():
 
 
 def test_tiles_follow_the_layer_widths_and_thin_inputs_flatten_their_taps():
-    """Channel tiles divide FitNets' widths (no padded reduction or column block); inputs with fewer channels
-    than a reduction tile (RGB, grey) run over flattened (tap, channel) pairs instead of one tap per block."""
+    """Channel tiles divide FitNets' widths (no padded reduction or column block); inputs with at most a quarter
+    of a reduction tile's channels (RGB, grey) run over flattened (tap, channel) pairs, not one tap a block."""
     for width in (16, 32, 48, 64, 80, 96, 128, 192):
         assert width % _common.channel_tile(width) == 0
     assert _common.gemm_config(8192, 96, 3).flat_taps and _common.gemm_config(8192, 16, 1).flat_taps
     assert not _common.gemm_config(8192, 96, 16).flat_taps and not _common.gemm_config(8192, 192, 96).flat_taps
+    assert not _common.gemm_config(4608, 12, 12).flat_taps      # 12 of 16 lanes: not worth the address arithmetic

@@ -135,7 +135,8 @@ CONV_CASES = [
     (5, 2, 0, 3, 3, GemmConfig(32, 16, 16)),
     (20, 1, 1, 2, 2, GemmConfig(16, 16, 16)),  # two reduction blocks over C_in
     (5, 1, 0, 1, 3, GemmConfig(64, 32, 32)),  # pieces=1: plain conv, one pixel block
-    (5, 1, 1, 2, 3, None),                    # the heuristic: 5 < 16 channels, so flattened taps
+    (5, 1, 1, 2, 3, None),                    # the heuristic
+    (3, 1, 1, 2, 3, None),                    # the heuristic: 3 channels, so flattened taps
     (3, 1, 1, 2, 3, GemmConfig(16, 16, 16, flat_taps=True)),    # 27 (tap, channel) pairs: 2 blocks, a ragged tail
     (3, 2, 1, 3, 3, GemmConfig(32, 16, 16, fuse_pieces=False, flat_taps=True)),  # stride 2, one pass per piece
     (1, 1, 0, 2, 3, GemmConfig(16, 16, 16, flat_taps=True)),    # one input channel (MNIST)
