@@ -114,8 +114,8 @@ def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.d
     Channel tiles from ``channel_tile``; pixel tiles of 128/64/32 by problem size; warps so that each thread
     holds at most 32 accumulator-sized values (the fused 2-piece accumulator is ``2 * block_n`` wide; the
     per-piece passes hold the running max, the winner and a candidate), which keeps ptxas under 255
-    registers without spills (the pixel tile halves where even 8 warps would hold more); at most 32 columns
-    and, for 4-byte types, 32-channel reduction tiles for more than 2 pieces. float64 takes 64-pixel and
+    registers without spills (the pixel tile halves where even 8 warps would hold more); at most 32 columns,
+    8 warps and, for 4-byte types, 32-channel reduction tiles for more than 2 pieces. float64 takes 64-pixel and
     16-channel reduction tiles: its default-sized tiles would need 256 KiB of shared memory, over sm_90's
     227 KiB. ``aot_check`` compiles these choices for sm_90 and fails on any spill.
     """
@@ -130,6 +130,8 @@ def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.d
     if pieces > 2 and (dtype is None or dtype.itemsize == 4):
         block_k = min(block_k, 32)   # per-piece passes keep more live; 4-byte operand tiles of 64 spill
     warps = min(8, max(4, triton.next_power_of_2(triton.cdiv(block_m * per_pixel, 32 * 32))))
+    if pieces > 2:
+        warps = 8   # one pass per piece (running max, winner, candidate, bias): 4 warps spilled in float32
     # Flattened taps where a tap's channels would fill at most a quarter of the reduction tile (RGB, grey): the
     # 2-D address arithmetic costs registers (a 12-channel 3x3 layer spilled in float32), worth it only there.
     return GemmConfig(block_m, block_n, block_k, warps, flat_taps=4 * k <= block_k)
