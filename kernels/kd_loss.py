@@ -53,14 +53,17 @@ class KDConfig(NamedTuple):
     num_warps: int = 4
 
 
-def kd_config(n: int, k: int) -> KDConfig:
+def kd_config(n: int, k: int, dtype: Optional[torch.dtype] = None) -> KDConfig:
     """Heuristic tiling: whole rows in registers up to 4096 classes, packing rows up to 2048 elements a tile;
     beyond that one row per program and 4096-column blocks. Warps: one per 256 tile elements (4 to 16), i.e.
     at most 8 elements of each of the tile's live arrays per thread; at 16 per thread (a 2048-element tile on
-    4 warps) ptxas spills."""
-    block_k = triton.next_power_of_2(k) if k <= 4096 else 4096
-    rows = max(1, min(triton.next_power_of_2(max(n, 1)), 2048 // block_k)) if k <= 4096 else 1
-    return KDConfig(rows, block_k, min(16, max(4, rows * block_k // 256)))
+    4 warps) ptxas spills. float64 values take two registers each, and more warps only lower the registers a
+    thread may have (128 at 16 warps): float64 tiles hold at most 1024 elements, on one warp per 128."""
+    fp64 = dtype is not None and is_fp64(dtype)
+    widest, pack, per_warp = (1024, 1024, 128) if fp64 else (4096, 2048, 256)
+    block_k = triton.next_power_of_2(k) if k <= widest else widest
+    rows = max(1, min(triton.next_power_of_2(max(n, 1)), pack // block_k)) if k <= widest else 1
+    return KDConfig(rows, block_k, min(16, max(4, rows * block_k // per_warp)))
 
 
 def bytes_moved(n: int, k: int, itemsize: int, label_size: int, grad_student: bool, grad_teacher: bool,
@@ -331,7 +334,7 @@ def kd_loss_impl(student_logits, teacher_logits, target, temperature=3.0, lam=4.
     a reduced loss spread over several programs), one backward. ``config`` overrides the heuristic tiling
     (tests use it)."""
     n, k = student_logits.shape
-    cfg = config or kd_config(n, k)
+    cfg = config or kd_config(n, k, student_logits.dtype)
     needs_grad = torch.is_grad_enabled() and (student_logits.requires_grad or teacher_logits.requires_grad)
     t_s = temperature if student_temperature is None else student_temperature
     loss, _ = _kd_loss_op(
