@@ -124,8 +124,10 @@ class Compiler:
             self.backend, dict(launch.kwargs), bound, spec, options)
         start = time.perf_counter()
         log = io.StringIO()
-        with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        # Always compile: a kernel found in Triton's cache would come back without a ptxas report.
+        with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(log):
             knobs.nvidia.dump_ptxas_log = True
+            knobs.compilation.always_compile = True
             compiled = triton_compile(ASTSource(launch.kernel, signature, constexprs, attrs), target=self.target,
                                       options=options.__dict__)
         text = log.getvalue()
@@ -280,6 +282,8 @@ def main(argv=None) -> int:
             problems.append(f"shared memory {res.shared} B > {limit} B")
         if res.spill_stores or res.spill_loads:
             problems.append("spills")
+        if res.registers is None:
+            problems.append("no ptxas report: registers and spills unknown")
         failures += bool(problems)
         print(f"{'FAIL' if problems else 'ok  '} {res.seconds:5.1f}s shared={res.shared:6d}B regs={res.registers} "
               f"spill={res.spill_stores}/{res.spill_loads}B {mode:18s} {launch.describe()}"
