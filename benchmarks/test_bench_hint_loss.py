@@ -8,7 +8,7 @@ Variants: ``fused`` (bias-free conv + C++ epilogue, ``fitnets_fast.cpp.hint_loss
 import pytest
 import torch
 
-from fitnets_fast import cpu, reference
+from fitnets_fast import cpp, reference
 from conftest import grad_of, no_grad, rounds
 
 N = 128
@@ -32,5 +32,5 @@ def test_hint_loss(interleaved, config, mode):
     wrap = no_grad if mode == "fwd" else grad_of
     ins = (g, h, w, b, pieces)
     variants = {name: wrap(fn, ins) for name, fn in
-                [("fused", cpu.hint_loss_impl), ("reference", reference.hint_loss_impl), ("compiled", compiled)]}
+                [("fused", cpp.hint_loss_impl), ("reference", reference.hint_loss_impl), ("compiled", compiled)]}
     interleaved(variants, rounds(), op="hint_loss", shape=config, mode=mode)

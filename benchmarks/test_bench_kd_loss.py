@@ -7,7 +7,7 @@ The paper's settings: T = 3, lam = 4, student softened at T too, mean reduction.
 import pytest
 import torch
 
-from fitnets_fast import cpu, reference
+from fitnets_fast import cpp, reference
 from conftest import grad_of, no_grad, rounds
 
 SHAPES = [(128, 10), (128, 100), (1024, 1000), (4096, 32000)]
@@ -25,6 +25,6 @@ def test_kd_loss(interleaved, shape, mode):
     compiled = torch.compile(reference.kd_loss_impl, dynamic=False)
     wrap = no_grad if mode == "fwd" else grad_of
     variants = {name: wrap(fn, (s, t, y)) for name, fn in
-                [("fused", cpu.kd_loss_impl), ("reference", reference.kd_loss_impl), ("compiled", compiled)]}
+                [("fused", cpp.kd_loss_impl), ("reference", reference.kd_loss_impl), ("compiled", compiled)]}
     n_rounds = rounds(3) if big else rounds(25)
     interleaved(variants, n_rounds, op="kd_loss", shape=f"{b}x{c}", mode=mode, min_bytes=3 * 4 * b * c)

@@ -8,7 +8,7 @@ preallocated buffer: the memory roofline).
 import pytest
 import torch
 
-from fitnets_fast import cpu, reference
+from fitnets_fast import cpp, reference
 from conftest import amax_maxout, grad_of, no_grad, rounds
 
 N = 128
@@ -28,7 +28,7 @@ def test_maxout(interleaved, shape, mode):
     buffer = torch.empty_like(x.detach())
     source = x.detach()
     variants = {
-        "fused": wrap(cpu.maxout_impl, (x, k)),
+        "fused": wrap(cpp.maxout_impl, (x, k)),
         "reference": wrap(reference.maxout_impl, (x, k)),
         "amax": wrap(amax_maxout, (x, k)),
         "compiled": wrap(compiled, (x, k)),
