@@ -120,6 +120,20 @@ def target_lines(infos: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def host_table(infos: List[Dict]) -> str:
+    """Host time per call of the Triton ops with launches stubbed, beside eager ops ("" if not timed)."""
+    hosts = [info for info in infos if info["op"] == "host_overhead"]
+    if not hosts:
+        return ""
+    lines = ["| call | us per call (median) | x eager conv2d |", "|---|---|---|"]
+    for info in hosts:
+        v, calls = info["variants"], info["calls_per_sample"]
+        eager = v["eager conv2d"]["median_ms"]
+        for name, t in v.items():
+            lines.append(f"| {name} | {1e3 * t['median_ms'] / calls:.1f} | {t['median_ms'] / eager:.2f} |")
+    return "\n".join(lines)
+
+
 def header(data: Dict, infos: List[Dict], machine: str) -> str:
     mi = data.get("machine_info", {})
     allocator = sorted({i["allocator"] for i in infos})
@@ -137,13 +151,18 @@ def main() -> None:
                         help="the command that produced the JSON (recorded in the results)")
     args = parser.parse_args()
     data = load(args.json)
-    infos = rows(data)
-    head = header(data, infos, args.machine)
+    everything = rows(data)
+    infos = [info for info in everything if "fused" in info["variants"]]
+    head = header(data, everything, args.machine)
     ratios = ratio_table(infos)
     mixed = bf16_table(infos)
     if mixed:
         ratios += ("\n\nUnder bfloat16 autocast (the trainer's `amp=\"bf16\"`), the fused training step against "
                    "each baseline:\n\n" + mixed)
+    host = host_table(everything)
+    if host:
+        ratios += ("\n\nHost time of one call through the Triton ops' dispatch and autograd, the kernel launch "
+                   "stubbed out (tiny CPU tensors), beside eager PyTorch ops:\n\n" + host)
     results = os.path.join(HERE, "results", f"cpu-{args.machine}.md")
     os.makedirs(os.path.dirname(results), exist_ok=True)
     with open(results, "w") as f:
