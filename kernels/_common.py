@@ -6,12 +6,15 @@ inputs use TF32 only when PyTorch's own flag for that op family allows it.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op
+
+from .._eager import dispatch
 
 
 class GemmConfig(NamedTuple):
@@ -31,6 +34,27 @@ class GemmConfig(NamedTuple):
     num_warps: int = 4
     fuse_pieces: bool = True
     flat_taps: bool = False
+
+
+def fused_triton_op(name: str, forward: Callable, setup_context: Optional[Callable] = None,
+                    backward: Optional[Callable] = None) -> Callable:
+    """Register ``forward`` as the ``torch.library.triton_op`` ``name`` (with ``register_autograd`` when a
+    ``backward`` is given) and return its caller (``fitnets_fast._eager.dispatch``: the op while
+    ``torch.compile`` traces, ``forward`` itself in eager mode, without the op's host cost)."""
+    op = triton_op(name, mutates_args={})(forward)
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+    return dispatch(op, forward, setup_context, backward)
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` on the host (``triton.cdiv`` costs microseconds a call there)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``), on the host."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def is_fp64(dtype: torch.dtype) -> bool:
@@ -104,7 +128,7 @@ CHANNEL_TILES = {3: 16, 16: 16, 32: 32, 48: 16, 64: 64, 80: 16, 96: 32, 128: 64,
 
 def channel_tile(c: int) -> int:
     """The tile over ``c`` channels (``CHANNEL_TILES``, else the next power of two in [16, 64])."""
-    return CHANNEL_TILES.get(c) or min(64, max(16, triton.next_power_of_2(c)))
+    return CHANNEL_TILES.get(c) or min(64, max(16, next_power_of_2(c)))
 
 
 def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.dtype] = None) -> GemmConfig:
@@ -129,7 +153,7 @@ def gemm_config(m: int, n: int, k: int, pieces: int = 2, dtype: Optional[torch.d
         block_m //= 2
     if pieces > 2 and (dtype is None or dtype.itemsize == 4):
         block_k = min(block_k, 32)   # per-piece passes keep more live; 4-byte operand tiles of 64 spill
-    warps = min(8, max(4, triton.next_power_of_2(triton.cdiv(block_m * per_pixel, 32 * 32))))
+    warps = min(8, max(4, next_power_of_2(cdiv(block_m * per_pixel, 32 * 32))))
     if pieces > 2:
         warps = 8   # one pass per piece (running max, winner, candidate, bias): 4 warps spilled in float32
     # Flattened taps where a tap's channels would fill at most a quarter of the reduction tile (RGB, grey): the

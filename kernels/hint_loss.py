@@ -19,11 +19,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .. import _alloc
 from .._checks import first_order_only
-from ._common import (GemmConfig, acc_torch_dtype, conv_allows_tf32, dot_precision, f64_parts, from_parts, gemm_config,
+from ._common import (GemmConfig, acc_torch_dtype, fused_triton_op, conv_allows_tf32, dot_precision, f64_parts, from_parts, gemm_config,
                       is_fp64)
 from .maxout import winners_needed
 from .maxout_conv import bias_kind, conv_backward, conv_geometry, gemm_args, gemm_grid, maxout_conv_tile
@@ -64,8 +64,7 @@ def _hint_loss_kernel(x_ptr, w_ptr, b_ptr, h_ptr, part_ptr, gpre_ptr, gh_ptr, in
         tl.store(gh_ptr + m64[:, None] * C_out + cols[None, :], (-d * inv_n).to(gh_ptr.dtype.element_ty), mask=ok)
 
 
-@triton_op("fitnets_fast_triton::hint_loss", mutates_args={})
-def _hint_loss_op(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def _hint_loss_forward(guided: torch.Tensor, hint: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   pieces: int, padding: int, relu: bool, grad: bool, grad_hint: bool, allow_tf32: bool, block_m: int,
                   block_n: int, block_k: int, num_warps: int, fuse_pieces: bool, flat_taps: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,7 +109,7 @@ def _backward(ctx, grad_loss, _grad_gpre, _grad_ghint):
     return (gx, gh, gw, gb) + (None,) * 12
 
 
-_hint_loss_op.register_autograd(_backward, setup_context=_setup)
+_hint_loss_op = fused_triton_op("fitnets_fast_triton::hint_loss", _hint_loss_forward, _setup, _backward)
 
 
 def hint_loss_impl(guided, hint, weight, bias, pieces, padding=0, activation="maxout", *,

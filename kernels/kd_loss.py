@@ -35,11 +35,12 @@ from typing import NamedTuple, Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .. import _alloc
 from .._checks import first_order_only
-from ._common import acc_torch_dtype, f64_parts, from_parts, is_fp64, to_acc
+from ._common import (acc_torch_dtype, cdiv, f64_parts, from_parts, fused_triton_op, is_fp64, next_power_of_2,
+                      to_acc)
 
 _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 _COUNT_BLOCK = 1024
@@ -61,8 +62,8 @@ def kd_config(n: int, k: int, dtype: Optional[torch.dtype] = None) -> KDConfig:
     thread may have (128 at 16 warps): float64 tiles hold at most 1024 elements, on one warp per 128."""
     fp64 = dtype is not None and is_fp64(dtype)
     widest, pack, per_warp = (1024, 1024, 128) if fp64 else (4096, 2048, 256)
-    block_k = triton.next_power_of_2(k) if k <= widest else widest
-    rows = max(1, min(triton.next_power_of_2(max(n, 1)), pack // block_k)) if k <= widest else 1
+    block_k = next_power_of_2(k) if k <= widest else widest
+    rows = max(1, min(next_power_of_2(max(n, 1)), pack // block_k)) if k <= widest else 1
     return KDConfig(rows, block_k, min(16, max(4, rows * block_k // per_warp)))
 
 
@@ -264,8 +265,7 @@ def _scalars(temperature: float, student_temperature: float, weight: float) -> t
     return *f64_parts(1.0 / temperature), *f64_parts(1.0 / student_temperature), *f64_parts(weight)
 
 
-@triton_op("fitnets_fast_triton::kd_loss", mutates_args={})
-def _kd_loss_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+def _kd_loss_forward(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                 temperature: float, student_temperature: float, weight: float, reduction: int, ignore_index: int,
                 save_stats: bool, rows: int, block_k: int, num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (loss, row statistics ``(N, 8)`` in the accumulator dtype, or an empty tensor when not
@@ -273,7 +273,7 @@ def _kd_loss_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targ
     s, t = student_logits, teacher_logits
     n, k = s.shape
     dev, dt = s.device, s.dtype
-    programs = triton.cdiv(n, rows)
+    programs = cdiv(n, rows)
     if reduction == 0:
         out = _alloc.empty((n,), dtype=dt, device=dev)
     elif programs == 1:
@@ -290,8 +290,7 @@ def _kd_loss_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targ
     return out, stats
 
 
-@triton_op("fitnets_fast_triton::kd_loss_grad", mutates_args={})
-def _kd_loss_grad_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+def _kd_loss_grad_forward(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                      stats: torch.Tensor, grad_loss: torch.Tensor, temperature: float, student_temperature: float,
                      weight: float, reduction: int, ignore_index: int, grad_student: bool, grad_teacher: bool,
                      rows: int, block_k: int, num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,12 +300,15 @@ def _kd_loss_grad_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     n, k = s.shape
     gs = _alloc.empty((n, k) if grad_student else (0,), dtype=s.dtype, device=s.device)
     gt = _alloc.empty((n, k) if grad_teacher else (0,), dtype=s.dtype, device=s.device)
-    wrap_triton(_kd_grad_kernel)[(triton.cdiv(n, rows),)](
+    wrap_triton(_kd_grad_kernel)[(cdiv(n, rows),)](
         s, t, target, stats, grad_loss.contiguous(), gs, gt, n, k,
         *_scalars(temperature, student_temperature, weight), ignore_index,
         ROWS=rows, BLOCK_K=block_k, REDUCE=reduction, GRAD_S=grad_student, GRAD_T=grad_teacher,
         FP64=is_fp64(s.dtype), num_warps=num_warps)
     return gs, gt
+
+
+_kd_loss_grad_op = fused_triton_op("fitnets_fast_triton::kd_loss_grad", _kd_loss_grad_forward)
 
 
 def _setup(ctx, inputs, output):
@@ -325,7 +327,7 @@ def _backward(ctx, grad_loss, _grad_stats):
     return (gs if need_s else None, gt if need_t else None) + (None,) * 10
 
 
-_kd_loss_op.register_autograd(_backward, setup_context=_setup)
+_kd_loss_op = fused_triton_op("fitnets_fast_triton::kd_loss", _kd_loss_forward, _setup, _backward)
 
 
 def kd_loss_impl(student_logits, teacher_logits, target, temperature=3.0, lam=4.0, student_temperature=None,

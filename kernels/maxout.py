@@ -18,10 +18,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .. import _alloc
 from .._checks import first_order_only
+from ._common import cdiv, fused_triton_op
 
 BLOCK = 1024
 
@@ -67,30 +68,31 @@ def _inner(x: torch.Tensor) -> int:
     return math.prod(x.shape[2:])
 
 
-@triton_op("fitnets_fast_triton::maxout", mutates_args={})
-def _maxout_op(x: torch.Tensor, pieces: int, write_idx: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _maxout_forward(x: torch.Tensor, pieces: int, write_idx: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, C*pieces, *rest)`` contiguous -> (output ``(N, C, *rest)``, uint8 winner index or empty)."""
     shape = (x.shape[0], x.shape[1] // pieces) + tuple(x.shape[2:])
     y = _alloc.empty(shape, dtype=x.dtype, device=x.device)
     idx = _alloc.empty(shape if write_idx else (0,), dtype=torch.uint8, device=x.device)
     total = y.numel()
     if total:
-        wrap_triton(_maxout_kernel)[(triton.cdiv(total, BLOCK),)](
+        wrap_triton(_maxout_kernel)[(cdiv(total, BLOCK),)](
             x, y, idx, total, _inner(x), PIECES=pieces, WRITE_IDX=write_idx, BLOCK=BLOCK)
     return y, idx
 
 
-@triton_op("fitnets_fast_triton::maxout_backward", mutates_args={})
-def maxout_backward(grad: torch.Tensor, idx: torch.Tensor, pieces: int) -> torch.Tensor:
+def _maxout_backward_forward(grad: torch.Tensor, idx: torch.Tensor, pieces: int) -> torch.Tensor:
     """Gradient of maxout: ``grad`` ``(outer, C, *rest)`` and its winner index -> ``(outer, C*pieces, *rest)``
     with ``grad`` at each winning piece and 0 elsewhere. ``grad`` must be contiguous."""
     shape = (grad.shape[0], grad.shape[1] * pieces) + tuple(grad.shape[2:])
     gx = _alloc.empty(shape, dtype=grad.dtype, device=grad.device)
     total = grad.numel()
     if total:
-        wrap_triton(_maxout_backward_kernel)[(triton.cdiv(total, BLOCK),)](
+        wrap_triton(_maxout_backward_kernel)[(cdiv(total, BLOCK),)](
             grad, idx, gx, total, _inner(grad), PIECES=pieces, BLOCK=BLOCK)
     return gx
+
+
+maxout_backward = fused_triton_op("fitnets_fast_triton::maxout_backward", _maxout_backward_forward)
 
 
 def _setup(ctx, inputs, output):
@@ -105,7 +107,7 @@ def _backward(ctx, grad_y, _grad_idx):
     return maxout_backward(grad_y.contiguous(), idx, ctx.pieces), None, None
 
 
-_maxout_op.register_autograd(_backward, setup_context=_setup)
+_maxout_op = fused_triton_op("fitnets_fast_triton::maxout", _maxout_forward, _setup, _backward)
 
 
 def maxout_impl(x: torch.Tensor, pieces: int) -> torch.Tensor:

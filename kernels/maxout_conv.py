@@ -23,11 +23,12 @@ from typing import NamedTuple, Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .. import _alloc, reference
 from .._checks import first_order_only
-from ._common import GemmConfig, conv_allows_tf32, dot_precision, gemm_config, is_fp64, to_acc
+from ._common import (GemmConfig, cdiv, conv_allows_tf32, dot_precision, fused_triton_op, gemm_config, is_fp64,
+                      to_acc)
 from .maxout import maxout_backward, maxout_fold, winners_needed
 
 
@@ -204,7 +205,7 @@ def conv_backward(grad_pre: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 
 
 def gemm_grid(geo: ConvGeometry, cfg: GemmConfig) -> tuple[int, int]:
-    return triton.cdiv(geo.m, cfg.block_m), triton.cdiv(geo.c_out, cfg.block_n)
+    return cdiv(geo.m, cfg.block_m), cdiv(geo.c_out, cfg.block_n)
 
 
 def launch_maxout_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
@@ -230,8 +231,7 @@ def scatter_to_pieces(grad: torch.Tensor, idx: torch.Tensor, pieces: int) -> tor
     return grad if pieces == 1 else maxout_backward(grad, idx, pieces)
 
 
-@triton_op("fitnets_fast_triton::maxout_conv2d", mutates_args={})
-def _maxout_conv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
+def _maxout_conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
                       stride: int, padding: int, write_idx: bool, allow_tf32: bool, block_m: int, block_n: int,
                       block_k: int, num_warps: int, fuse_pieces: bool, flat_taps: bool
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,7 +261,7 @@ def _backward(ctx, grad_y, _grad_idx):
     return (gx, gw, gb) + (None,) * 11
 
 
-_maxout_conv2d_op.register_autograd(_backward, setup_context=_setup)
+_maxout_conv2d_op = fused_triton_op("fitnets_fast_triton::maxout_conv2d", _maxout_conv2d_forward, _setup, _backward)
 
 
 def maxout_conv2d_impl(x, weight, bias, pieces, stride=1, padding=0, pool=None, *,

@@ -13,7 +13,7 @@ import torch
 from torch.library import triton_op
 
 from .._checks import first_order_only
-from ._common import GemmConfig, gemm_config, matmul_allows_tf32
+from ._common import GemmConfig, fused_triton_op, gemm_config, matmul_allows_tf32
 from .maxout import winners_needed
 from .maxout_conv import ConvGeometry, launch_maxout_gemm, scatter_to_pieces
 
@@ -22,8 +22,7 @@ def _geometry(x: torch.Tensor, weight: torch.Tensor, pieces: int) -> ConvGeometr
     return ConvGeometry(x.shape[0], x.shape[1], 1, 1, weight.shape[0] // pieces, 1, 1, 1, 1, 1, 0)
 
 
-@triton_op("fitnets_fast_triton::maxout_linear", mutates_args={})
-def _maxout_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
+def _maxout_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pieces: int,
                       write_idx: bool, allow_tf32: bool, block_m: int, block_n: int, block_k: int, num_warps: int,
                       fuse_pieces: bool, flat_taps: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the output ``(N, out_features)`` and the uint8 winners (same shape, or empty)."""
@@ -52,7 +51,7 @@ def _backward(ctx, grad_y, _grad_idx):
     return (gx, gw, gb) + (None,) * 9
 
 
-_maxout_linear_op.register_autograd(_backward, setup_context=_setup)
+_maxout_linear_op = fused_triton_op("fitnets_fast_triton::maxout_linear", _maxout_linear_forward, _setup, _backward)
 
 
 def maxout_linear_impl(x, weight, bias, pieces, *, config: Optional[GemmConfig] = None):

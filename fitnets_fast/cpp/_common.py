@@ -17,6 +17,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from .. import _alloc, _checks
+from .._eager import dispatch
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
 
@@ -113,15 +114,13 @@ def reduced_shape(shape: torch.Size, pieces: int) -> Tuple[int, ...]:
 def fused_op(name: str, forward: Callable, fake: Callable, setup_context: Optional[Callable] = None,
              backward: Optional[Callable] = None, *, used_by: str = "") -> Callable:
     """Register ``forward`` as the ``torch.library`` custom op ``name`` (with its fake impl and, if given,
-    its autograd formula) and return a caller that uses the custom op while ``torch.compile`` traces and,
-    in eager mode, the same functions through a plain ``torch.autograd.Function`` (or ``forward`` itself),
-    skipping the custom-op dispatch overhead (tens of microseconds per call). Output 0 must be the only
+    its autograd formula) and return its caller (``fitnets_fast._eager.dispatch``: the op while
+    ``torch.compile`` traces, the functions themselves in eager mode). Output 0 must be the only
     differentiable output. ``caller.op`` is the op. The backward refuses ``create_graph=True`` with an
     error naming ``used_by`` (the public ops built on this kernel): it is first-order only.
     """
     op = torch.library.custom_op(name, forward, mutates_args=())
     op.register_fake(fake)
-    eager = forward
     if backward is not None:
         first_order = backward
 
@@ -130,26 +129,4 @@ def fused_op(name: str, forward: Callable, fake: Callable, setup_context: Option
             return first_order(ctx, *grads)
 
         op.register_autograd(backward, setup_context=setup_context)
-
-        def function_forward(ctx, *args):
-            # Only output 0 is differentiable: no zero-filled gradients for the others (saved buffers).
-            ctx.set_materialize_grads(False)
-            ctx.num_args = len(args)
-            output = forward(*args)
-            setup_context(ctx, args, output)
-            return output
-
-        def function_backward(ctx, *grads):
-            return (None,) * ctx.num_args if grads[0] is None else backward(ctx, *grads)
-
-        # ctx-style forward: Function.apply then skips binding the arguments with inspect (~50 us a call).
-        function = type(f"{forward.__name__}_function", (torch.autograd.Function,), {
-            "forward": staticmethod(function_forward), "backward": staticmethod(function_backward)})
-        eager = function.apply
-
-    def call(*args):
-        return op(*args) if torch.compiler.is_compiling() else eager(*args)
-
-    call.op = op
-    call.__doc__ = forward.__doc__
-    return call
+    return dispatch(op, forward, setup_context, backward)
