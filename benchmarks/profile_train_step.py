@@ -1,11 +1,14 @@
 """Where a training step's CPU time goes: convolutions vs the fused ops vs the rest.
 
-    python benchmarks/profile_train_step.py [MODEL] [--steps N] [--nchw] [--bf16]
+    python benchmarks/profile_train_step.py [MODEL] [--steps N] [--nchw] [--bf16] [--top N]
 
 Builds ``fitnets_fast.models.build(MODEL)`` (default fitnet1), runs warm-up steps of cross-entropy +
-pylearn2 RMSProp + max-norm at batch 128 on random CIFAR-shaped data (batch and conv weights channels-last
-unless ``--nchw``; the forward under bfloat16 autocast with ``--bf16``), then profiles ``--steps`` steps with ``torch.profiler`` and prints each group's share of
-self CPU time (the target: everything but the convolutions under 15%).
+pylearn2 RMSProp + max-norm at batch 128 on random data of the model's input shape (batch and conv weights
+channels-last unless ``--nchw``; the forward under bfloat16 autocast with ``--bf16``), then profiles
+``--steps`` steps with ``torch.profiler`` and prints each group's share of self CPU time (``--top N``: also
+the N ops with the most self time). bfloat16 is only meaningful on CPUs that run bfloat16 convolutions
+natively (AVX512-BF16, AMX): elsewhere PyTorch's bfloat16 convolutions take a slow fallback that dwarfs
+everything else.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ def main() -> None:
                         help="NCHW batch and weights (default: channels-last, as the training-step benchmark's fused "
                              "variant and the trainer's channels_last=true)")
     parser.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', torch.bfloat16)")
+    parser.add_argument("--top", type=int, default=0, help="also list the N ops with the most self CPU time")
     args = parser.parse_args()
     torch.manual_seed(0)
     layout = torch.contiguous_format if args.nchw else torch.channels_last
@@ -68,6 +72,11 @@ def main() -> None:
           f"{total / args.steps / 1e3:.1f} ms/step")
     for group, t in sorted(shares.items(), key=lambda kv: -kv[1]):
         print(f"  {group:50s} {100 * t / total:5.1f}%  {t / args.steps / 1e3:8.1f} ms/step")
+    if args.top:
+        print(f"top {args.top} ops by self CPU time:")
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+            print(f"  {e.key[:60]:60s} {100 * e.self_cpu_time_total / total:5.1f}%  "
+                  f"{e.self_cpu_time_total / args.steps / 1e3:7.2f} ms/step  {e.count // args.steps:4d} calls/step")
 
 
 if __name__ == "__main__":

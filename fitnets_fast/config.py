@@ -298,6 +298,8 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         if optional:
             return None
+        if hint is str:      # ``--set amp=none`` parses to None; the setting's own word is "none"
+            return "none"
         raise ValueError(f"{name} must not be None")
     rest = tuple(a for a in typing.get_args(hint) if a is not type(None))
     base = (rest[0] if len(rest) == 1 else typing.Union[rest]) if optional else hint

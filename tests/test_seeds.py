@@ -24,6 +24,13 @@ def _seed_rows(run_dir, seed):
     return {r["row"]: r for r in summary["rows"]}
 
 
+def test_one_thread_seeds_run_up_to_two_per_core(monkeypatch):
+    monkeypatch.setattr(seeds, "_cores", lambda: 2)
+    assert [seeds._default_workers(n, 1) for n in (1, 3, 4, 9)] == [1, 3, 4, 4]
+    assert [seeds._default_workers(n, None) for n in (1, 3)] == [1, 2]
+    assert seeds._default_workers(3, 2) == 2
+
+
 def test_aggregate_is_mean_sample_std_and_n():
     a = seeds.aggregate([0.9, 0.8, 0.6])
     assert a["n"] == 3 and a["values"] == [0.9, 0.8, 0.6] and (a["min"], a["max"]) == (0.6, 0.9)

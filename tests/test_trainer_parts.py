@@ -1,12 +1,14 @@
 """Schedules, optimizers, max-norm, config and run files of the FitNets trainer (no training here)."""
 import json
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn as nn
 
 from fitnets_fast import config as C
+from fitnets_fast import loop
 from fitnets_fast.nn import MaxoutConv2d, MaxoutLinear
 from fitnets_fast.optim import MaxNorm, Momentum, RMSProp, param_groups
 from fitnets_fast.run_files import CheckpointError, RunDir, atomic_write, format_table
@@ -152,6 +154,9 @@ def test_overrides_are_type_checked():
         "lr": 0.01, "methods": ["kd"], "patience": None, "dataset": "mnist"}
     cfg = C.make_config("digits", lr=1, student_temperature=1)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert C.make_config("mnist", **C.parse_overrides(["amp=none"])).amp == "none"
+    with pytest.raises(ValueError, match="max_epochs must not be None"):
+        C.make_config("digits", max_epochs=None)
     with pytest.raises(ValueError, match="unknown setting"):
         C.make_config("digits", learning_rate=0.1)
     with pytest.raises(ValueError, match="max_epochs expects"):
@@ -164,6 +169,18 @@ def test_overrides_are_type_checked():
         C.make_config("imagenet")
     with pytest.raises(ValueError, match="key=value"):
         C.parse_overrides(["lr"])
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="amp='none'"):
+        loop.Loop(C.make_config("digits", amp="bf16"), cpu)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loop.Loop(C.make_config("digits", amp="none"), cpu)
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+        loop.Loop(C.make_config("digits", amp="bf16"), cpu)
 
 
 # -- run files -------------------------------------------------------------------------------------------
