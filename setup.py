@@ -21,7 +21,8 @@ def _extensions():
     # One compiler process per core (FITNETS_FAST_BUILD_JOBS=N to choose): the kernels' files build in parallel.
     ParallelCompile("FITNETS_FAST_BUILD_JOBS").install()
 
-    compile_args = ["-O3"]
+    # -fno-math-errno: sqrt need not set errno, so it vectorises (the kernels never read errno).
+    compile_args = ["-O3", "-fno-math-errno"]
     link_args = []
     if sys.platform.startswith("linux"):
         # Built where it runs (pip install -e .): tune for this CPU unless a portable build is asked for.

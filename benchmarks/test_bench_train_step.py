@@ -4,7 +4,8 @@ Variants, float32: ``fused`` (every layer on the C++ kernels, with the trainer's
 batch and conv weights), ``reference`` (the eager reference model, NCHW as PyTorch users write it; NHWC makes
 it slower), ``amax`` (the same model with maxout as ``view(...).amax(pieces_dim)``, the formulation of the project's
 eager CPU baseline; float32 only) and ``compiled`` (``torch.compile`` of the reference model's
-forward; the optimizer runs eagerly).
+forward; the optimizer runs eagerly). ``fused`` updates with the fused C++ RMSProp and max-norm (the
+trainer's default); the other variants with their ``fused=False`` foreach ops, plain PyTorch.
 The same three with ``-bf16`` run the forward under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the
 trainer's ``amp="bf16"``: bfloat16 convolutions and maxout, float32 weights, loss and optimizer).
 """
@@ -28,8 +29,9 @@ def _step_fn(name: str, backend: str, compile_model: bool, channels_last: bool =
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = models.build(name, backend=backend).to(memory_format=layout)
     model.train()
-    opt = optim.RMSProp(optim.param_groups([(model, 1.0)]), lr=1e-3)
-    max_norm = optim.MaxNorm([model])
+    fused = None if backend == "cpp" else False
+    opt = optim.RMSProp(optim.param_groups([(model, 1.0)]), lr=1e-3, fused=fused)
+    max_norm = optim.MaxNorm([model], fused=fused)
     forward = torch.compile(model, dynamic=False) if compile_model else model
     x = torch.randn(N, *model.input_shape).contiguous(memory_format=layout)
     y = torch.randint(0, model.num_classes, (N,))

@@ -411,14 +411,23 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, Arith<T> scale, T*
         }
     } else {
         // Rows are contiguous: scatter blocks of whole rows as one run, then add each row to an
-        // Arith<T>-typed bias accumulator that is flushed into the thread's double partial once per block.
+        // Arith<T>-typed bias accumulator that is flushed into the thread's double partial once it holds
+        // kFlushRows rows or more (after each block when blocks are that tall; wide rows, such as an untied
+        // bias's whole image, are summed kFlushRows at a time instead of paying a flush per row).
+        constexpr int64_t kFlushRows = 16;
         const int64_t rows_per_block = std::max<int64_t>(1, kBlock / C);
         const int64_t blocks = (sh.M + rows_per_block - 1) / rows_per_block;
 #pragma omp parallel num_threads(threads)
         {
             double* mine = want_bias ? partial.data() + size_t(omp_get_thread_num()) * C * K : nullptr;
-            std::vector<A> block_sum(want_bias ? C * K : 0);
-#pragma omp for schedule(static)
+            std::vector<A> rows_sum(want_bias ? C * K : 0, A(0));
+            int64_t pending = 0;  // rows in rows_sum not yet flushed into mine
+            auto flush = [&] {
+                for (int64_t i = 0; i < C * K; ++i) mine[i] += rows_sum[i];
+                std::fill(rows_sum.begin(), rows_sum.end(), A(0));
+                pending = 0;
+            };
+#pragma omp for schedule(static) nowait
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t m0 = b * rows_per_block;
                 const int64_t rows = std::min(rows_per_block, sh.M - m0);
@@ -427,15 +436,16 @@ void maxout_backward(const T* grad_out, const uint8_t* piece, Arith<T> scale, T*
                     scatter<T, true, decltype(k)::value>(grad_out + m0 * C, piece + m0 * C, scale, out, rows * C, K, 0);
                 });
                 if (!want_bias) continue;
-                std::fill(block_sum.begin(), block_sum.end(), A(0));
                 for (int64_t j = 0; j < rows; ++j) {
                     const T* row = out + j * C * K;
-                    A* acc = block_sum.data();
+                    A* acc = rows_sum.data();
 #pragma omp simd
                     for (int64_t i = 0; i < C * K; ++i) acc[i] += A(row[i]);
                 }
-                for (int64_t i = 0; i < C * K; ++i) mine[i] += block_sum[i];
+                pending += rows;
+                if (pending >= kFlushRows) flush();
             }
+            if (pending > 0) flush();
         }
     }
     if (want_bias) {

@@ -38,6 +38,33 @@ inline void fold(const A* __restrict value, const int32_t* __restrict idx, int32
     }
 }
 
+// Step 2 below for one image row: rb[wo*C + c], ri[...] = the winner over w in [wo*Q, wo*Q + P) of the
+// row's maxout value[w*C + c] (index dx*K + piece), for every window wo. CC: C at compile time, or 0.
+template <typename A, int64_t CC>
+void fold_row_windows(const A* value, const int32_t* piece, int64_t run_time_c, const PoolShape& sh, A* rb,
+                      int32_t* ri) {
+    const int64_t C = CC > 0 ? CC : run_time_c;
+    for (int64_t wo = 0; wo < sh.Wo; ++wo) {
+        const int64_t w0 = wo * sh.Q, w1 = std::min(w0 + sh.P, sh.W);
+        for (int64_t w = w0; w < w1; ++w)
+            fold(value + w * C, piece + w * C, int32_t((w - w0) * sh.K), C, rb + wo * C, ri + wo * C);
+    }
+}
+
+// fold_row_windows with C fixed at compile time for channel counts that are whole vectors: the windows fold
+// runs of C elements, where a general vectorised loop's set-up costs about as much as its work (at C = 16,
+// a FitNet layer's forward and backward took 12-22% less time). At C = 12 the fixed-length code was 2x
+// slower than the general loop (gcc: one 8-wide vector and four scalar steps), so other counts keep that.
+template <typename A>
+void fold_row_windows(const A* value, const int32_t* piece, const PoolShape& sh, A* rb, int32_t* ri) {
+    switch (sh.C) {
+        case 8: return fold_row_windows<A, 8>(value, piece, 8, sh, rb, ri);
+        case 16: return fold_row_windows<A, 16>(value, piece, 16, sh, rb, ri);
+        case 32: return fold_row_windows<A, 32>(value, piece, 32, sh, rb, ri);
+        default: return fold_row_windows<A, 0>(value, piece, sh.C, sh, rb, ri);
+    }
+}
+
 // One image at a time, in three passes over per-thread rows:
 // 1. the maxout of each image row (one max_adjacent pass over its W*C outputs, with the bias repeated once
 //    per pixel, or the untied bias's row: one bias per pixel and channel, laid out (H, W, C*K));
@@ -68,12 +95,7 @@ void forward(const T* pre, const T* bias, bool untied, T* out, uint8_t* index_ou
                 int32_t* ri = row_index.data() + h * WoC;
                 std::fill(rb, rb + WoC, kLowest);
                 std::fill(ri, ri + WoC, 0);
-                for (int64_t wo = 0; wo < sh.Wo; ++wo) {
-                    const int64_t w0 = wo * sh.Q, w1 = std::min(w0 + sh.P, sh.W);
-                    for (int64_t w = w0; w < w1; ++w)
-                        fold(value.data() + w * C, piece.data() + w * C, int32_t((w - w0) * K), C, rb + wo * C,
-                             ri + wo * C);
-                }
+                fold_row_windows(value.data(), piece.data(), sh, rb, ri);
             }
             for (int64_t ho = 0; ho < sh.Ho; ++ho) {
                 const int64_t h0 = ho * sh.Q, h1 = std::min(h0 + sh.P, sh.H);

@@ -50,6 +50,11 @@ def use_backend(name: str) -> Iterator[None]:
         _default["backend"] = previous
 
 
+def default() -> str:
+    """What ``"auto"`` means now: "auto" (pick per call) or the backend ``use_backend`` set."""
+    return _default["backend"]
+
+
 def module(name: str) -> Optional[ModuleType]:
     """The backend's module, imported on first use, or None if it cannot be imported here."""
     if name not in _loaded:

@@ -292,6 +292,23 @@ def count_mults(model: nn.Module, input_shape: Optional[Shape] = None) -> int:
 # The network
 # ---------------------------------------------------------------------------------------------------------
 
+def input_dropout(x: torch.Tensor, p: float, scale: float, backend: str = "auto") -> torch.Tensor:
+    """Dropout on a layer's input: ``x * mask * scale``, each mask element 1 with probability ``1 - p``.
+
+    On the C++ kernel (``fitnets_fast.cpp.dropout``: the mask hashed from a seed, neither drawn sequentially
+    nor stored) where ``backend`` ("auto" resolving to the default, or "cpp") and the tensor allow it; else
+    ``x * torch.rand_like(x).ge_(p).mul_(scale)`` (keep where U[0, 1) >= p; about 4x faster than
+    ``bernoulli_`` on the CPU). Both draw from PyTorch's default generator, with different masks.
+    """
+    chosen = _backend.check_name(backend)
+    if chosen == "auto":
+        chosen = _backend.default()
+    cpp = _backend.module("cpp") if chosen in ("auto", "cpp") else None
+    if cpp is not None and cpp.dropout.supports(x):
+        return cpp.dropout.dropout(x, p, scale)
+    return x * torch.rand_like(x).ge_(p).mul_(scale)
+
+
 class MaxoutNet(nn.Module):
     """A pylearn2-style MLP of maxout layers built from an ``Arch``: ``forward(x)`` maps
     ``(N, *input_shape)`` to logits ``(N, num_classes)``.
@@ -328,6 +345,7 @@ class MaxoutNet(nn.Module):
             self.layers.append(layer)
             self.layer_names.append(name)
             self._shapes.append(shape)
+        self.backend = backend
         first, rest = spec.dropout
         self.input_dropout = [first] + [rest] * (len(self.layers) - 1)
         first_scale = 1 / (1 - first) if spec.first_input_scale is None else spec.first_input_scale
@@ -369,9 +387,7 @@ class MaxoutNet(nn.Module):
         for i in range(index + 1):
             p = self.input_dropout[i]
             if self.training and p > 0:
-                # Keep where U[0, 1) >= p (probability 1 - p): the mask from torch.rand is about 4x faster on
-                # the CPU than bernoulli_, which took 7% of the MNIST teacher's training step.
-                x = x * torch.rand_like(x).ge_(p).mul_(self.input_dropout_scale[i])
+                x = input_dropout(x, p, self.input_dropout_scale[i], self.backend)
             x = self.layers[i](x)
         return x
 

@@ -27,8 +27,8 @@ def renorm_rows_(weights: List[torch.Tensor], limits: List[float]) -> None:
     if not weights:
         return
     norms = [torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())), keepdim=True) for w in weights]
-    scale = torch._foreach_clamp_max(norms, limits)
-    torch._foreach_div_(scale, torch._foreach_clamp_min(norms, 1e-12))
+    scale = torch._foreach_clamp_max(norms, limits)   # norm / norm = 1 exactly for rows within the limit
+    torch._foreach_div_(scale, torch._foreach_clamp_min(norms, torch.finfo(weights[0].dtype).tiny))
     torch._foreach_mul_(weights, scale)
 
 

@@ -8,17 +8,20 @@
   ``<= max_norm`` (pylearn2's max_kernel_norm / max_col_norm).
 * ``param_groups``: one group per distinct learning-rate scale (each maxout layer's ``lr_scale``).
 
-Each group carries ``lr`` (the base rate, changed by schedules through ``set_lr``) and ``lr_scale``. The
-updates run as ``torch._foreach_*`` ops over all parameters of a group, so the optimizer is a small share of
-a training step even for 20-layer students.
+Each group carries ``lr`` (the base rate, changed by schedules through ``set_lr``) and ``lr_scale``. On CPU
+float32/float64 tensors the updates and the max-norm run as one fused C++ pass over all parameters of a group
+(``fitnets_fast.cpp.optim``; ``fused=False`` or tensors it does not take: ``torch._foreach_*`` ops, five per
+parameter, whose per-op cost was a tenth of a thin net's training step), so the optimizer is a small share
+of a training step even for 20-layer students.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from . import _backend
 from .nn import MaxoutConv2d, MaxoutLinear, renorm_rows_
 
 __all__ = ["RMSProp", "Momentum", "MaxNorm", "param_groups", "maxout_layers"]
@@ -53,10 +56,29 @@ def param_groups(scaled_modules: Sequence[Tuple[nn.Module, float]]) -> List[Dict
     return [{"params": ps, "lr_scale": scale} for scale, ps in sorted(by_scale.items())]
 
 
-class _ScaledOptimizer(torch.optim.Optimizer):
-    """Base: groups with ``lr`` and ``lr_scale``; ``set_lr`` changes the base rate of every group."""
+def _fused_kernels(fused: Optional[bool]):
+    """``fitnets_fast.cpp.optim`` if the fused updates may run (``fused`` True or None) and are built, else
+    None; ValueError for ``fused=True`` without them."""
+    if fused is False:
+        return None
+    cpp = _backend.module("cpp")
+    if cpp is None and fused:
+        raise ValueError(f"fused=True needs the C++ kernels, which are unavailable here "
+                         f"({_backend.unavailable_reason('cpp')})")
+    return None if cpp is None else cpp.optim
 
-    def __init__(self, params, defaults):
+
+class _ScaledOptimizer(torch.optim.Optimizer):
+    """Base: groups with ``lr`` and ``lr_scale``; ``set_lr`` changes the base rate of every group.
+
+    ``fused``: None runs a group's update as one C++ pass when its tensors allow it (CPU, float32/float64,
+    each gradient and state buffer in its parameter's memory layout) and as foreach ops otherwise; False
+    always uses the foreach ops; True requires the C++ pass (ValueError at the step if a group does not
+    qualify)."""
+
+    def __init__(self, params, defaults, fused: Optional[bool] = None):
+        self._kernels = _fused_kernels(fused)
+        self.fused = fused
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
@@ -98,22 +120,38 @@ class _ScaledOptimizer(torch.optim.Optimizer):
                 self._update(group, params, grads, bufs)
 
     def _update(self, group, params, grads, bufs) -> None:
+        reason = "the C++ kernels are not used" if self._kernels is None else self._kernels.unfusable(params, grads,
+                                                                                                     bufs)
+        if reason is None:
+            self._fused_update(self._kernels, group, params, grads, bufs)
+        elif self.fused:
+            raise ValueError(f"{type(self).__name__}(fused=True) cannot fuse this update: {reason}")
+        else:
+            self._foreach_update(group, params, grads, bufs)
+
+    def _fused_update(self, kernels, group, params, grads, bufs) -> None:
+        raise NotImplementedError
+
+    def _foreach_update(self, group, params, grads, bufs) -> None:
         raise NotImplementedError
 
 
 class RMSProp(_ScaledOptimizer):
     """pylearn2 RMSProp: ``ms = decay*ms + (1-decay)*g^2``; ``p -= lr*lr_scale*g / max(sqrt(ms), floor)``."""
 
-    def __init__(self, params, lr: float, decay: float = 0.9, floor: float = 1e-5):
+    def __init__(self, params, lr: float, decay: float = 0.9, floor: float = 1e-5, *, fused: Optional[bool] = None):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}")
         if not floor > 0:
             raise ValueError(f"floor must be > 0, got {floor!r}")
-        super().__init__(params, dict(lr=lr, decay=decay, floor=floor))
+        super().__init__(params, dict(lr=lr, decay=decay, floor=floor), fused)
 
     buffer = "mean_square"
 
-    def _update(self, group, params, grads, ms) -> None:
+    def _fused_update(self, kernels, group, params, grads, ms) -> None:
+        kernels.rmsprop_step(params, grads, ms, group["lr"] * group["lr_scale"], group["decay"], group["floor"])
+
+    def _foreach_update(self, group, params, grads, ms) -> None:
         torch._foreach_mul_(ms, group["decay"])
         torch._foreach_addcmul_(ms, grads, grads, value=1.0 - group["decay"])
         rms = torch._foreach_sqrt(ms)
@@ -125,10 +163,10 @@ class Momentum(_ScaledOptimizer):
     """pylearn2 Momentum: ``v = momentum*v - lr*lr_scale*g``; ``p += v``. ``momentum`` is per group and
     changed by ``set_momentum`` (pylearn2's MomentumAdjustor)."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.5):
+    def __init__(self, params, lr: float, momentum: float = 0.5, *, fused: Optional[bool] = None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        super().__init__(params, dict(lr=lr, momentum=momentum))
+        super().__init__(params, dict(lr=lr, momentum=momentum), fused)
 
     def set_momentum(self, momentum: float) -> None:
         if not 0.0 <= momentum < 1.0:
@@ -138,7 +176,10 @@ class Momentum(_ScaledOptimizer):
 
     buffer = "velocity"
 
-    def _update(self, group, params, grads, vel) -> None:
+    def _fused_update(self, kernels, group, params, grads, vel) -> None:
+        kernels.momentum_step(params, grads, vel, group["lr"] * group["lr_scale"], group["momentum"])
+
+    def _foreach_update(self, group, params, grads, vel) -> None:
         torch._foreach_mul_(vel, group["momentum"])
         torch._foreach_add_(vel, grads, alpha=-group["lr"] * group["lr_scale"])
         torch._foreach_add_(params, vel)
@@ -148,17 +189,28 @@ class MaxNorm:
     """Max-norm projection over all constrained maxout layers of ``modules``, applied by ``apply()``.
 
     A weight row (one piece's filter or column) with L2 norm ``n > max_norm`` is multiplied by
-    ``max_norm / n``; rows within the limit are unchanged (``fitnets_fast.nn.renorm_rows_``, batched over
-    all layers with foreach ops).
+    ``max_norm / n``; rows within the limit are unchanged. One C++ pass over all layers where the weights
+    allow it (``fused`` as for the optimizers: None when possible, False never, True required), else
+    ``fitnets_fast.nn.renorm_rows_`` (foreach ops).
     """
 
-    def __init__(self, modules: Iterable[nn.Module]):
+    def __init__(self, modules: Iterable[nn.Module], *, fused: Optional[bool] = None):
         layers = [m for m in maxout_layers(modules) if m.max_norm is not None]
         self._weights = [m.weight for m in layers]
         self._limits = [float(m.max_norm) for m in layers]
+        self._kernels = _fused_kernels(fused)
+        self.fused = fused
 
     def __len__(self) -> int:
         return len(self._weights)
 
+    @torch.no_grad()
     def apply(self) -> None:
+        if not self._weights:
+            return
+        if self._kernels is not None and self._kernels.renorm_rows(self._weights, self._limits):
+            return
+        if self.fused:
+            raise ValueError("MaxNorm(fused=True) cannot fuse: the weights are not dense CPU float32/float64 "
+                             "tensors of one dtype with rows in consecutive memory")
         renorm_rows_(self._weights, self._limits)

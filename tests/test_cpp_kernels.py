@@ -112,6 +112,23 @@ def test_maxout_conv2d_pooled(cfg, dtype):
     _check("maxout_conv2d", tensors + (cfg["pieces"], 1, cfg["padding"], cfg["pool"]), dtype, names, view=view)
 
 
+@pytest.mark.parametrize("dtype", MAXOUT_DTYPES)
+@pytest.mark.parametrize("channels", [8, 16, 32, 17])   # 8, 16, 32: the windows' compile-time widths
+def test_maxout_conv2d_pooled_ties_and_nan_at_every_channel_width(channels, dtype):
+    """Overlapping, partial (ceil-mode) windows over small integers (ties between pieces and window pixels)
+    with NaN pixels, at the channel counts the kernel folds with fixed-width code and one it does not."""
+    x = torch.randint(-2, 3, (2, 3, 11, 9)).to(D)
+    w = torch.randint(-1, 2, (2 * channels, 3, 1, 1)).to(D)
+    b = torch.randint(-1, 2, (2 * channels, 11, 9)).to(D)   # untied, as in the FitNets
+    x[0, :, 4, 4] = NAN
+    x[1, 0, 0, 0] = x[1, 0, 1, 1] = NAN
+
+    def view(x, w, b):
+        return x.contiguous(memory_format=torch.channels_last), w, b
+
+    _check("maxout_conv2d", (x, w, b, 2, 1, 0, (4, 2)), dtype, ["x", "weight", "bias"], view=view)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_maxout_conv2d_pooled_channels_last(dtype):
     def view(x, w, b):

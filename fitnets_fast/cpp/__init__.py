@@ -11,6 +11,8 @@ the kernels fuse what follows them.
 pieces); ``fitnets_fast._backend`` sends those to the reference under "auto" and refuses them when "cpp"
 is named. Importing this package raises ImportError when the extension was not built;
 ``fitnets_fast._backend`` records that and "auto" uses the reference.
+``optim`` holds the fused optimiser updates and max-norm that ``fitnets_fast.optim`` runs on CPU, ``dropout``
+the teachers' input dropout (``fitnets_fast.models``).
 """
 from typing import Optional
 
@@ -21,6 +23,7 @@ from .kd_loss import kd_loss_impl
 from .maxout import MAX_PIECES, maxout_impl
 from .maxout_conv import maxout_conv2d_impl
 from .maxout_linear import maxout_linear_impl
+from . import dropout, optim
 
 __all__ = ["maxout_impl", "maxout_conv2d_impl", "maxout_linear_impl", "hint_loss_impl", "kd_loss_impl",
            "unsupported"]

@@ -36,14 +36,36 @@ def address(t) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _dense_channels_last(x: torch.Tensor) -> bool:
+    """True if dim 1 of ``x`` (rank >= 3) is innermost and the rest is dense (4-D: PyTorch's cached
+    channels-last flag, no view created; both ignore the strides of size-1 dims)."""
+    if x.dim() == 4:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    return x.movedim(1, -1).is_contiguous()
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """True if dim 1 of ``x`` (rank >= 3) is innermost and the rest is dense, and x is not plain contiguous."""
-    return x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
+    return x.dim() > 2 and not x.is_contiguous() and _dense_channels_last(x)
 
 
 def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``x`` with dense memory in the given layout (no copy if it already is)."""
-    return x.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else x.contiguous()
+    """``x`` with dense memory in the given layout (``x`` itself if it already is)."""
+    if not channels_last:
+        return x.contiguous()
+    return x if _dense_channels_last(x) else x.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True if ``t``'s elements fill ``t.numel()`` consecutive slots from ``data_ptr()`` (any dim order)."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return True
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def add_untied_bias(pre: torch.Tensor, bias: Optional[torch.Tensor]):
@@ -103,7 +125,8 @@ def empty_in_layout(shape, dtype: torch.dtype, like: torch.Tensor, channels_last
     if not channels_last:
         return _alloc.empty(shape, dtype=dtype, device=like.device, like=like)
     physical = (shape[0], *shape[2:], shape[1])
-    return _alloc.empty(physical, dtype=dtype, device=like.device, like=like).movedim(-1, 1)
+    last_to_dim_1 = (0, len(shape) - 1, *range(1, len(shape) - 1))
+    return _alloc.empty(physical, dtype=dtype, device=like.device, like=like).permute(last_to_dim_1)
 
 
 def reduced_shape(shape: torch.Size, pieces: int) -> Tuple[int, ...]:
