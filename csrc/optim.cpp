@@ -47,14 +47,21 @@ void check_lengths(size_t n, std::initializer_list<size_t> others) {
         if (m != n) throw std::invalid_argument("tensor lists of different lengths");
 }
 
-// Runs body(tensor, begin, end) over every chunk, in parallel when the update is large enough.
-template <typename Body>
-void for_chunks(const Sizes& sizes, int threads, Body body) {
+// Runs update(p, g, state, n) on every chunk of every parameter: its n elements there of the parameter, the
+// gradient and the state buffer, in parallel when the update is large enough. update must capture its
+// scalars by value: read through a reference, they keep gcc from vectorising its loop.
+template <typename T, typename Update>
+void for_chunks(const Addresses& params, const Addresses& grads, const Addresses& states, const Sizes& sizes,
+                int threads, Update update) {
     int64_t total = 0;
     const std::vector<Chunk> tasks = chunks_of(sizes, &total);
     const int64_t n = int64_t(tasks.size());
 #pragma omp parallel for num_threads(threads) schedule(static) if (total >= kParallelElements)
-    for (int64_t i = 0; i < n; ++i) body(tasks[size_t(i)].tensor, tasks[size_t(i)].begin, tasks[size_t(i)].end);
+    for (int64_t i = 0; i < n; ++i) {
+        const Chunk& c = tasks[size_t(i)];
+        update(ptr<T>(params[c.tensor]) + c.begin, ptr<const T>(grads[c.tensor]) + c.begin,
+               ptr<T>(states[c.tensor]) + c.begin, c.end - c.begin);
+    }
 }
 
 // pylearn2 RMSProp: ms = decay*ms + (1-decay)*g^2; p -= lr * g / max(sqrt(ms), floor).
@@ -62,35 +69,30 @@ template <typename T>
 void rmsprop(const Addresses& params, const Addresses& grads, const Addresses& mean_squares, const Sizes& sizes,
              T lr, T decay, T floor, int threads) {
     const T keep = decay, add = T(1) - decay;
-    // Scalars captured by value: read through a reference, they would keep gcc from vectorising the loop.
-    for_chunks(sizes, threads, [=, &params, &grads, &mean_squares](size_t t, int64_t begin, int64_t end) {
-        T* __restrict p = ptr<T>(params[t]);
-        const T* __restrict g = ptr<const T>(grads[t]);
-        T* __restrict ms = ptr<T>(mean_squares[t]);
+    for_chunks<T>(params, grads, mean_squares, sizes, threads,
+                  [=](T* __restrict p, const T* __restrict g, T* __restrict ms, int64_t n) {
 #pragma omp simd
-        for (int64_t i = begin; i < end; ++i) {
-            const T m = keep * ms[i] + add * (g[i] * g[i]);
-            ms[i] = m;
-            p[i] -= lr * g[i] / std::max(std::sqrt(m), floor);
-        }
-    });
+                      for (int64_t i = 0; i < n; ++i) {
+                          const T m = keep * ms[i] + add * (g[i] * g[i]);
+                          ms[i] = m;
+                          p[i] -= lr * g[i] / std::max(std::sqrt(m), floor);
+                      }
+                  });
 }
 
 // pylearn2 Momentum: v = momentum*v - lr*g; p += v.
 template <typename T>
 void momentum(const Addresses& params, const Addresses& grads, const Addresses& velocities, const Sizes& sizes,
               T lr, T momentum, int threads) {
-    for_chunks(sizes, threads, [=, &params, &grads, &velocities](size_t t, int64_t begin, int64_t end) {
-        T* __restrict p = ptr<T>(params[t]);
-        const T* __restrict g = ptr<const T>(grads[t]);
-        T* __restrict v = ptr<T>(velocities[t]);
+    for_chunks<T>(params, grads, velocities, sizes, threads,
+                  [=](T* __restrict p, const T* __restrict g, T* __restrict v, int64_t n) {
 #pragma omp simd
-        for (int64_t i = begin; i < end; ++i) {
-            const T vi = momentum * v[i] - lr * g[i];
-            v[i] = vi;
-            p[i] += vi;
-        }
-    });
+                      for (int64_t i = 0; i < n; ++i) {
+                          const T vi = momentum * v[i] - lr * g[i];
+                          v[i] = vi;
+                          p[i] += vi;
+                      }
+                  });
 }
 
 // Max-norm: weight t is rows[t] contiguous rows of row_len[t] elements; a row with L2 norm n > limit[t]
