@@ -120,8 +120,10 @@ class _ScaledOptimizer(torch.optim.Optimizer):
                 self._update(group, params, grads, bufs)
 
     def _update(self, group, params, grads, bufs) -> None:
-        reason = "the C++ kernels are not used" if self._kernels is None else self._kernels.unfusable(params, grads,
-                                                                                                     bufs)
+        if self._kernels is None:
+            reason = "the C++ kernels are not used"
+        else:
+            reason = self._kernels.unfusable(params, grads, bufs)
         if reason is None:
             self._fused_update(self._kernels, group, params, grads, bufs)
         elif self.fused:

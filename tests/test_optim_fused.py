@@ -147,3 +147,20 @@ def test_max_norm_fused_true_refuses_weights_it_cannot_take():
         MaxNorm([lin], fused=True).apply()
     MaxNorm([lin]).apply()   # fused=None: the foreach ops
     assert lin.weight.float().norm(dim=1).tolist() == pytest.approx([0.5] * 4, rel=1e-2)
+
+
+def test_fused_updates_count_as_in_place_changes_for_autograd():
+    w = nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    loss = (w * w).sum()   # saves w for its backward
+    w.grad = torch.ones_like(w)
+    version = w._version
+    RMSProp([w], lr=0.1, fused=True).step()
+    assert w._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    lin = MaxoutLinear(3, 2, pieces=2, max_norm=0.1).double()
+    with torch.no_grad():
+        lin.weight.fill_(1.0)   # every row above the limit
+    version = lin.weight._version
+    MaxNorm([lin], fused=True).apply()
+    assert lin.weight._version > version

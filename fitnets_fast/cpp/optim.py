@@ -3,8 +3,9 @@
 PyTorch's ``_foreach_*`` ops run one kernel per tensor and op on the CPU: an RMSProp step is five ops per
 parameter, and on a thin net's small weights their per-op cost, not the arithmetic, is what a training step
 pays. ``rmsprop_step`` / ``momentum_step`` / ``renorm_rows`` do the same arithmetic in one call over all the
-tensors (see ``fitnets_fast.optim`` for the rules). ``unfusable`` says when tensors do not qualify (the
-caller then uses the foreach ops).
+tensors (see ``fitnets_fast.optim`` for the rules), and bump the tensors' version counters as in-place
+PyTorch ops do (so autograd still refuses a backward through weights changed since its forward).
+``unfusable`` says when tensors do not qualify (the caller then uses the foreach ops).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 from typing import List, Optional, Sequence
 
 import torch
+from torch.autograd.graph import increment_version
 
 from .. import _C
 from . import _common
@@ -54,6 +56,7 @@ def rmsprop_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], 
     have said None)."""
     _C.rmsprop_step(_common.dtype_name(params[0]), _addresses(params), _addresses(grads), _addresses(mean_squares),
                     [p.numel() for p in params], float(lr), float(decay), float(floor), _common.threads())
+    increment_version([*params, *mean_squares])
 
 
 def momentum_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], velocities: Sequence[torch.Tensor],
@@ -61,6 +64,7 @@ def momentum_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
     """In place: ``v = momentum*v - lr*g``; ``p += v`` (``unfusable`` must have said None)."""
     _C.momentum_step(_common.dtype_name(params[0]), _addresses(params), _addresses(grads), _addresses(velocities),
                      [p.numel() for p in params], float(lr), float(momentum), _common.threads())
+    increment_version([*params, *velocities])
 
 
 def renorm_rows(weights: Sequence[torch.Tensor], limits: Sequence[float]) -> bool:
@@ -73,4 +77,5 @@ def renorm_rows(weights: Sequence[torch.Tensor], limits: Sequence[float]) -> boo
         return False
     _C.renorm_rows(_common.dtype_name(weights[0]), _addresses(weights), [w.shape[0] for w in weights],
                    [math.prod(w.shape[1:]) for w in weights], [float(m) for m in limits], _common.threads())
+    increment_version(weights)
     return True
