@@ -2,7 +2,8 @@
 
 Exposes the ``*_impl`` functions of ``fitnets_fast.reference`` with identical signatures, for CPU float32 /
 float64 tensors, and bfloat16 for the maxout ops (their bias add and max run in float, rounded once). Each kernel is a custom op (``fitnets_fast_cpp::maxout_bias``, ``maxout_bias_backward``,
-``maxout_pool_bias``, ``maxout_pool_bias_backward``, ``hint_epilogue``, ``kd_loss``, ``kd_loss_teacher_grad``)
+``maxout_pool_bias``, ``maxout_pool_bias_backward``, ``hint_epilogue``, ``kd_loss``, ``kd_loss_teacher_grad``,
+``dropout``)
 with a fake (meta) implementation and an autograd formula, so ``torch.compile(fullgraph=True)`` traces models
 using them without graph breaks; eager calls run the same functions through a plain
 ``torch.autograd.Function`` (see ``_common.fused_op``). Convolutions and matmuls stay PyTorch's (bias-free);
