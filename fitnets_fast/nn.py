@@ -32,6 +32,15 @@ def renorm_rows_(weights: List[torch.Tensor], limits: List[float]) -> None:
     torch._foreach_mul_(weights, scale)
 
 
+def _bias_storage(rows: int, bias_size: Tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised bias ``(rows, *bias_size)``. A per-location bias (``bias_size`` not empty) is stored
+    with dim 0 innermost, strides ``(1, ..., rows)``: the memory order of a channels-last feature map's
+    pixels, in which the C++ kernels read the bias and write its gradient. The forward then passes it
+    without a permuted copy, and its gradient arrives in the parameter's own layout (no copy before it
+    accumulates); shape and values are those of any ``(rows, *bias_size)`` tensor."""
+    return torch.empty(*bias_size, rows).movedim(-1, 0)
+
+
 class _MaxoutParams(nn.Module):
     """Weight ``(out*pieces, *fan_in_shape)`` and bias ``(out*pieces, *bias_size)`` with the FitNets extras
     (``bias_size=()``: one bias per weight row).
@@ -56,7 +65,7 @@ class _MaxoutParams(nn.Module):
         self.max_norm = max_norm
         self.init_range = init_range
         self.weight = nn.Parameter(torch.empty(out_features * pieces, *fan_in_shape))
-        self.bias = nn.Parameter(torch.empty(out_features * pieces, *bias_size)) if bias else None
+        self.bias = nn.Parameter(_bias_storage(out_features * pieces, bias_size)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -84,7 +93,8 @@ class MaxoutConv2d(_MaxoutParams):
 
     ``untied_bias=(H_conv, W_conv)`` gives each filter one bias per convolution-output location, bias
     ``(out_channels*pieces, H_conv, W_conv)`` (pylearn2's ``MaxoutConvC01B`` default, ``tied_b=False``); the
-    layer then only accepts inputs whose convolution output is that size. None (default): one bias per filter.
+    layer then only accepts inputs whose convolution output is that size (the bias is stored with the filter
+    dim innermost in memory, the fused kernels' order). None (default): one bias per filter.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: int = 2, *,

@@ -111,6 +111,33 @@ def test_hint_loss_kernels_match_reference_with_untied_bias(backend, dtype, piec
     check_against_reference(kernel, ref, (g, h, w, b), dtype, names=["guided", "hint", "weight", "bias"])
 
 
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("pool", [None, (2, 2)])
+def test_layer_untied_bias_is_stored_location_major_and_trains_as_the_reference(backend, pool):
+    if backend != "reference":
+        backend = _kernel_backend(backend)
+    layer = MaxoutConv2d(5, 7, 3, pieces=2, padding=1, pool=pool, untied_bias=(11, 9), backend=backend).double()
+    assert layer.bias.stride() == (1, 9 * 14, 14)     # (C*K, H, W) with C*K innermost in memory
+    with torch.no_grad():
+        layer.bias.normal_()
+        layer.weight.normal_()
+    incoming = []
+    layer.bias.register_hook(lambda g: incoming.append(g.stride()))
+    x = _r(3, 5, 11, 9).requires_grad_()
+    out = layer(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    if backend == "cpp":    # the kernel's bias gradient arrives in the parameter's layout: no copy to accumulate it
+        assert incoming == [layer.bias.stride()]
+    x_ref, w_ref, b_ref = (t.detach().contiguous().requires_grad_() for t in (x, layer.weight, layer.bias))
+    assert b_ref.is_contiguous()
+    ref = reference.maxout_conv2d(x_ref, w_ref, b_ref, 2, 1, 1, pool)
+    ref.backward(grad)
+    torch.testing.assert_close(out, ref)
+    for got, want in ((x.grad, x_ref.grad), (layer.weight.grad, w_ref.grad), (layer.bias.grad, b_ref.grad)):
+        torch.testing.assert_close(got, want)
+
+
 # ------------------------------------------------------------------------------------------ the models
 @pytest.mark.parametrize("name", MNIST_NETS)
 def test_mnist_nets_have_untied_conv_biases_zero_init_and_yaml_irange(name):
